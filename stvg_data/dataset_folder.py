@@ -21,9 +21,18 @@ import yaml
 from datasets import Features
 
 from .protocol import MAX_FRAMES, PROTOCOL_NAME, SAMPLE_FPS
-from .schema import QUERY_CONFIG, QUERY_FEATURES, VIDEO_CONFIG, DatasetSchemaError, check_columns, video_features
+from .schema import (
+    QUERY_CONFIG,
+    QUERY_FEATURES,
+    VIDEO_CONFIG,
+    DatasetSchemaError,
+    check_columns,
+    check_storage,
+    video_features,
+)
 
 CARD_METADATA_KEY = "stvg_vem"
+_FILE_MODE = 0o644
 _SHARD_PATTERN = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{5})\.parquet$")
 
 
@@ -54,6 +63,7 @@ class DatasetFolderWriter:
         os.close(handle)
         try:
             table.to_parquet(tmp_name)
+            os.chmod(tmp_name, _FILE_MODE)  # mkstemp creates 0600; shards are ordinary files
             os.replace(tmp_name, target)
         finally:
             if os.path.exists(tmp_name):
@@ -168,15 +178,42 @@ def load_stvg_split(path_or_hub_id: str | Path, split: str) -> StvgSplit:
     splits = available_splits(path_or_hub_id)
     if split not in splits:
         raise DatasetSchemaError(f"dataset {str(path_or_hub_id)!r} has no split {split!r}; it has {splits}")
-    videos = datasets.load_dataset(str(path_or_hub_id), VIDEO_CONFIG, split=split)
-    queries = datasets.load_dataset(str(path_or_hub_id), QUERY_CONFIG, split=split)
+    videos = _load_config(path_or_hub_id, VIDEO_CONFIG, split)
+    queries = _load_config(path_or_hub_id, QUERY_CONFIG, split)
     with_features = bool(metadata.get("with_features", True))
     expected_videos = video_features(
         metadata.get("num_regions", 10), metadata.get("region_dim") or 1, metadata.get("frame_dim") or 1, with_features
     )
     check_columns(videos.features, expected_videos, f"{path_or_hub_id} [videos/{split}]")
     check_columns(queries.features, QUERY_FEATURES, f"{path_or_hub_id} [queries/{split}]")
+    # Shards of one split may differ from the features datasets took from another split's shard.
+    check_storage(videos, expected_videos, f"{path_or_hub_id} [videos/{split}]")
+    check_storage(queries, QUERY_FEATURES, f"{path_or_hub_id} [queries/{split}]")
     return StvgSplit(videos=videos, queries=queries, metadata=metadata)
+
+
+def _load_config(path_or_hub_id: str | Path, config: str, split: str) -> datasets.Dataset:
+    """``datasets.load_dataset`` of one config/split; shards that cannot be cast to one table (a
+    column of another type or fixed length than the config's first shard) are a schema error.
+
+    A local folder is loaded from its shard files by the ``parquet`` builder: datasets 5.2 caches a
+    folder loaded by path under its basename and YAML configs only (not the files' paths or mtimes),
+    so a rebuilt folder, or another folder with the same name, would silently load the old cache.
+    """
+    local = Path(path_or_hub_id)
+    try:
+        if local.is_dir():
+            files = sorted(str(path.resolve()) for path in (local / config).glob(f"{split}-*.parquet"))
+            if not files:
+                raise DatasetSchemaError(f"{local}: no {config}/{split}-*.parquet shards")
+            return datasets.load_dataset("parquet", data_files={split: files}, split=split)
+        return datasets.load_dataset(str(path_or_hub_id), config, split=split)
+    except datasets.exceptions.DatasetGenerationError as error:
+        cause = error.__cause__ or error
+        raise DatasetSchemaError(
+            f"{path_or_hub_id} [{config}/{split}]: its shards do not share the contract's columns and types "
+            f"({type(cause).__name__}: {str(cause)[:300]}); rebuild it with a dataset_scripts converter"
+        ) from error
 
 
 def write_rows(
@@ -200,6 +237,7 @@ def _write_text_atomic(path: Path, text: str) -> Path:
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(handle, "w", encoding="utf-8") as stream:
         stream.write(text)
+    os.chmod(tmp_name, _FILE_MODE)
     os.replace(tmp_name, path)
     return path
 

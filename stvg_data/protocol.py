@@ -7,6 +7,7 @@ ground-truth boxes) and the evaluator (which frames count in vIoU), so it lives 
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -24,7 +25,8 @@ def sample_frame_ids(
     ``floor(f * sample_fps / fps) > floor(last_kept * sample_fps / fps)``. If more than ``max_frames``
     remain, keep positions ``floor(j * len / max_frames)`` for ``j = 0..max_frames-1``.
     """
-    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+    # numbers.Real also admits numpy scalars (a float32 ``fps`` read from a videos row).
+    if not (isinstance(fps, numbers.Real) and not isinstance(fps, bool) and math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive finite number, got {fps!r}")
     if sample_fps <= 0 or max_frames <= 0:
         raise ValueError(f"sample_fps and max_frames must be positive, got {sample_fps}, {max_frames}")

@@ -160,6 +160,48 @@ def check_columns(features: Features, expected: Features, where: str) -> None:
             raise DatasetSchemaError(f"{where}: column {name!r} is {got}, expected {feature}")
 
 
+def check_storage(table: Any, expected: Features, where: str) -> None:
+    """The stored values of a loaded split must fill every contract column with the contract's shape.
+
+    ``datasets`` takes a config's features from its first shard (often another split) and casts every
+    other shard to them: a column missing from one shard silently becomes nulls, and an array of the
+    wrong inner shape only fails when a row is read. This catches both right after loading, from
+    Arrow metadata and list lengths (no row is decoded). ``table`` is a ``pyarrow.Table`` or a
+    ``datasets.Dataset``.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = getattr(getattr(table, "data", None), "table", table)
+    for name, feature in expected.items():
+        if name not in table.column_names:
+            raise DatasetSchemaError(f"{where}: missing column {name!r}; rebuild it with a dataset_scripts converter")
+        column = table.column(name)
+        if column.null_count:
+            raise DatasetSchemaError(
+                f"{where}: column {name!r} is empty (null) in {column.null_count} row(s): a shard of this split "
+                "lacks the column; rebuild it with a dataset_scripts converter"
+            )
+        if not isinstance(feature, (Array2D, Array3D)):
+            continue
+        for chunk in column.chunks:
+            level = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
+            for depth, size in enumerate(feature.shape[1:], start=1):
+                level = level.flatten()
+                if level.null_count or len(level) == 0:
+                    if level.null_count:
+                        raise DatasetSchemaError(f"{where}: column {name!r} holds nulls inside its arrays")
+                    break
+                lengths = pc.list_value_length(level)
+                low, high = pc.min(lengths).as_py(), pc.max(lengths).as_py()
+                if size not in (None, -1) and (low != size or high != size):
+                    bad = high if high != size else low
+                    raise DatasetSchemaError(
+                        f"{where}: column {name!r} has size {bad} along axis {depth}, expected {size} "
+                        f"(shape {feature.shape}); a shard of this split was written with another shape"
+                    )
+
+
 def _same_shape(got: tuple, expected: tuple) -> bool:
     """Shapes agree where the expectation fixes a size (``-1`` means any)."""
     return len(got) == len(expected) and all(e == -1 or g == e for g, e in zip(got, expected))

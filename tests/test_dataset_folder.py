@@ -87,6 +87,8 @@ def test_round_trip_keeps_values_dtypes_and_metadata(tmp_path):
     # two shards of one row each, no temporary file left behind
     assert shard_path(tmp_path, "videos", "test", 1).is_file()
     assert not list(tmp_path.rglob("*.tmp"))
+    assert shard_path(tmp_path, "videos", "test", 0).stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "README.md").stat().st_mode & 0o777 == 0o644
 
 
 def test_missing_split_and_missing_card_are_clear_errors(tmp_path):
