@@ -220,14 +220,14 @@ def write_rows(
     writer: DatasetFolderWriter, config: str, split: str, rows: Iterable[Mapping[str, Any]], features: Features,
     rows_per_shard: int,
 ) -> int:
-    """Write ``rows`` in shards of ``rows_per_shard``; returns the number of shards written."""
+    """Write ``rows`` in shards of ``rows_per_shard``; returns the number of shards written (0 for no rows)."""
     shard, index = [], 0
     for row in rows:
         shard.append(row)
         if len(shard) == rows_per_shard:
             writer.write_shard(config, split, index, shard, features)
             shard, index = [], index + 1
-    if shard or index == 0:
+    if shard:  # an empty parquet shard would make the split unloadable
         writer.write_shard(config, split, index, shard, features)
         index += 1
     return index
