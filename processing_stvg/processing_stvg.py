@@ -1,0 +1,509 @@
+"""StvgProcessor: video + sentence -> model inputs; model outputs -> tubes in source frame ids and pixels.
+
+``processor(video=path_or_frames, text=sentence, return_tensors="pt")`` decodes and samples the clip
+(:class:`~processing_stvg.video_processing_stvg.StvgVideoProcessor`), runs the detector and feature
+extractor (:class:`~processing_stvg.feature_extraction_stvg.StvgFeatureExtractor`), parses the sentence
+(stanza, built lazily from ``parser_dir``; or give a :class:`ParsedSentence` / a dict with entities,
+relations, target) and tokenizes its phrases (word-level tokenizer). The result is a
+:class:`~transformers.BatchFeature` with exactly the model-input keys (:data:`MODEL_INPUT_KEYS`) plus
+the post-processing keys (:data:`POSTPROCESS_KEYS`): ``frame_ids`` (B, T) absolute ids, -1 = padding;
+``width``/``height`` (B,); ``pixel_boxes`` (B, T, M, 4). ``processor.model_inputs(batch)`` keeps only
+the model-input keys.
+
+:func:`build_model_inputs` is the tensor-building code shared with the trainer's collation
+(``stvg_data/batching.py``): dataset rows (DESIGN sec. 5) and a processor call give identical tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+from .feature_extraction_stvg import StvgFeatureExtractor
+from .parsing_stvg import (
+    ParsedSentence,
+    SentenceParseError,
+    StanzaSentenceParser,
+    check_sentence_text,
+)
+from .tokenization_stvg import encode_words
+from .video_processing_stvg import DecodedVideo, StvgVideoProcessor
+
+MODEL_INPUT_KEYS = (
+    "region_features",
+    "region_boxes",
+    "region_mask",
+    "frame_features",
+    "frame_mask",
+    "entity_token_ids",
+    "entity_mask",
+    "relation_token_ids",
+    "relation_entities",
+    "relation_mask",
+    "target_index",
+)
+POSTPROCESS_KEYS = ("frame_ids", "width", "height", "pixel_boxes")
+VIDEO_FEATURE_KEYS = ("boxes", "box_scores", "box_labels", "region_features", "frame_features")
+
+# Stanza pipelines are cached per (language, folder) outside the processor, so the processor itself
+# holds only JSON settings (ProcessorMixin serialises its __dict__).
+_PARSERS: dict[tuple[str, str | None], StanzaSentenceParser] = {}
+
+
+class ProcessorInputError(ValueError):
+    """Arguments of the processor or of its post-processing are inconsistent."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tensor building shared with the trainer
+
+
+def _as_parsed(sentence: ParsedSentence | Mapping[str, Any]) -> ParsedSentence:
+    if isinstance(sentence, ParsedSentence):
+        return sentence
+    if isinstance(sentence, Mapping):
+        return ParsedSentence.from_row(sentence)
+    raise ProcessorInputError(
+        f"expected a ParsedSentence or a mapping with entities/relations/target, got {type(sentence).__name__}"
+    )
+
+
+def _phrase_ids(tokenizer: Any, phrase: str, limit: int | None, what: str) -> list[int]:
+    ids = encode_words(tokenizer, phrase)
+    if not ids:
+        raise ProcessorInputError(f"{what} {phrase!r} has no word the tokenizer can encode")
+    return ids[:limit] if limit else ids
+
+
+def _pad_2d(rows: list[list[int]], width: int, value: int = 0) -> np.ndarray:
+    out = np.full((len(rows), max(width, 1)), value, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+def normalise_boxes(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Pixel boxes x1 y1 x2 y2 -> fractions of the frame (``region_boxes`` of the model inputs)."""
+    scale = np.asarray([width, height, width, height], dtype=np.float32)
+    return np.asarray(boxes, dtype=np.float32) / scale
+
+
+def build_model_inputs(
+    videos: Sequence[Mapping[str, Any]],
+    sentences: Sequence[ParsedSentence | Mapping[str, Any]],
+    tokenizer: Any,
+    max_entity_words: int | None = None,
+    max_relation_words: int | None = None,
+    with_postprocess: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> BatchFeature:
+    """Model inputs (INTERFACES.md) for B (video, sentence) pairs, padded to the batch maxima.
+
+    Args:
+        videos: per item a mapping with ``boxes`` (T, M, 4) pixels, ``box_labels`` (T, M) (-1 =
+            padding), ``region_features`` (T, M, Dv), ``frame_features`` (T, Df), ``width``,
+            ``height`` and, for post-processing, ``frame_ids`` (T,) -- a ``videos`` row of the dataset
+            or the processor's decoded + extracted clip. Arrays may be numpy, torch or nested lists.
+        sentences: per item a :class:`ParsedSentence` or a mapping with ``entities``, ``relations``
+            (``{"subject", "predicate", "object"}`` dicts or tuples) and ``target`` (a ``queries`` row).
+        tokenizer: the word-level tokenizer.
+        max_entity_words / max_relation_words: truncate phrases to this many words (None = keep all).
+        with_postprocess: also return ``frame_ids`` (B, T; -1 = padding), ``width``, ``height`` (B,)
+            and ``pixel_boxes`` (B, T, M, 4).
+        dtype: float dtype of features and boxes.
+
+    Returns:
+        BatchFeature of torch tensors with :data:`MODEL_INPUT_KEYS` (and :data:`POSTPROCESS_KEYS`).
+    """
+    if len(videos) != len(sentences):
+        raise ProcessorInputError(f"got {len(videos)} videos but {len(sentences)} sentences (one sentence per video)")
+    if not videos:
+        raise ProcessorInputError("build_model_inputs needs at least one (video, sentence) pair")
+    parsed = [_as_parsed(s) for s in sentences]
+    arrays = []
+    for b, video in enumerate(videos):
+        boxes = np.asarray(video["boxes"], dtype=np.float32)
+        labels = np.asarray(video["box_labels"], dtype=np.int64)
+        regions = np.asarray(video["region_features"], dtype=np.float32)
+        frames = np.asarray(video["frame_features"], dtype=np.float32)
+        if boxes.ndim != 3 or boxes.shape[-1] != 4 or labels.shape != boxes.shape[:2]:
+            raise ProcessorInputError(f"video {b}: boxes {boxes.shape} / box_labels {labels.shape} do not match (T, M, 4)")
+        if regions.shape[:2] != boxes.shape[:2] or frames.shape[0] != boxes.shape[0]:
+            raise ProcessorInputError(
+                f"video {b}: region_features {regions.shape} / frame_features {frames.shape} do not match boxes {boxes.shape}"
+            )
+        width, height = float(video["width"]), float(video["height"])
+        if width <= 0 or height <= 0:
+            raise ProcessorInputError(f"video {b}: width/height must be positive, got {width}x{height}")
+        arrays.append((boxes, labels, regions, frames, width, height))
+    batch = len(videos)
+    T = max(a[0].shape[0] for a in arrays)
+    M = max(a[0].shape[1] for a in arrays)
+    Dv = arrays[0][2].shape[-1]
+    Df = arrays[0][3].shape[-1]
+    if any(a[2].shape[-1] != Dv or a[3].shape[-1] != Df for a in arrays):
+        raise ProcessorInputError("all videos of a batch need the same region/frame feature widths")
+    region_features = np.zeros((batch, T, M, Dv), dtype=np.float32)
+    region_boxes = np.zeros((batch, T, M, 4), dtype=np.float32)
+    pixel_boxes = np.zeros((batch, T, M, 4), dtype=np.float32)
+    region_mask = np.zeros((batch, T, M), dtype=bool)
+    frame_features = np.zeros((batch, T, Df), dtype=np.float32)
+    frame_mask = np.zeros((batch, T), dtype=bool)
+    frame_ids = np.full((batch, T), -1, dtype=np.int64)
+    for b, (boxes, labels, regions, frames, width, height) in enumerate(arrays):
+        t, m = boxes.shape[:2]
+        region_features[b, :t, :m] = regions
+        region_boxes[b, :t, :m] = normalise_boxes(boxes, width, height)
+        pixel_boxes[b, :t, :m] = boxes
+        region_mask[b, :t, :m] = labels != -1
+        frame_features[b, :t] = frames
+        frame_mask[b, :t] = True
+        if "frame_ids" in videos[b] and videos[b]["frame_ids"] is not None:
+            ids = np.asarray(videos[b]["frame_ids"], dtype=np.int64)
+            if ids.shape != (t,):
+                raise ProcessorInputError(f"video {b}: frame_ids has {ids.shape} entries, features have {t} frames")
+            frame_ids[b, :t] = ids
+        elif with_postprocess:
+            frame_ids[b, :t] = np.arange(t)
+
+    entity_rows, relation_rows, relation_pairs, targets = [], [], [], []
+    for b, p in enumerate(parsed):
+        entity_rows.append([_phrase_ids(tokenizer, e, max_entity_words, f"item {b}: entity") for e in p.entities])
+        relation_rows.append(
+            [_phrase_ids(tokenizer, r[1], max_relation_words, f"item {b}: relation predicate") for r in p.relations]
+        )
+        relation_pairs.append([(r[0], r[2]) for r in p.relations])
+        targets.append(p.target)
+    N = max(1, max(len(rows) for rows in entity_rows))
+    K = max(1, max(len(rows) for rows in relation_rows))
+    Le = max(1, max((len(ids) for rows in entity_rows for ids in rows), default=1))
+    Lr = max(1, max((len(ids) for rows in relation_rows for ids in rows), default=1))
+    entity_token_ids = np.zeros((batch, N, Le), dtype=np.int64)
+    entity_mask = np.zeros((batch, N), dtype=bool)
+    relation_token_ids = np.zeros((batch, K, Lr), dtype=np.int64)
+    relation_entities = np.zeros((batch, K, 2), dtype=np.int64)
+    relation_mask = np.zeros((batch, K), dtype=bool)
+    for b in range(batch):
+        n, k = len(entity_rows[b]), len(relation_rows[b])
+        entity_token_ids[b, :n] = _pad_2d(entity_rows[b], Le)[:, :Le]
+        entity_mask[b, :n] = True
+        if k:
+            relation_token_ids[b, :k] = _pad_2d(relation_rows[b], Lr)[:, :Lr]
+            relation_entities[b, :k] = np.asarray(relation_pairs[b], dtype=np.int64)
+            relation_mask[b, :k] = True
+    data: dict[str, Any] = {
+        "region_features": torch.from_numpy(region_features).to(dtype),
+        "region_boxes": torch.from_numpy(region_boxes).to(dtype),
+        "region_mask": torch.from_numpy(region_mask),
+        "frame_features": torch.from_numpy(frame_features).to(dtype),
+        "frame_mask": torch.from_numpy(frame_mask),
+        "entity_token_ids": torch.from_numpy(entity_token_ids),
+        "entity_mask": torch.from_numpy(entity_mask),
+        "relation_token_ids": torch.from_numpy(relation_token_ids),
+        "relation_entities": torch.from_numpy(relation_entities),
+        "relation_mask": torch.from_numpy(relation_mask),
+        "target_index": torch.as_tensor(targets, dtype=torch.long),
+    }
+    if with_postprocess:
+        data["frame_ids"] = torch.from_numpy(frame_ids)
+        data["width"] = torch.as_tensor([a[4] for a in arrays], dtype=torch.long)
+        data["height"] = torch.as_tensor([a[5] for a in arrays], dtype=torch.long)
+        data["pixel_boxes"] = torch.from_numpy(pixel_boxes).to(dtype)
+    return BatchFeature(data=data)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Post-processing
+
+
+def span_to_frame_ids(start: int, end: int, frame_ids: Sequence[int]) -> tuple[int, int]:
+    """Model span ``[start, end)`` over the sampled-frame axis -> ``[s, e)`` in absolute frame ids.
+
+    Rule: ``s`` is the first sampled frame of the span, ``e`` is one past its last sampled frame
+    (``frame_ids[end - 1] + 1``). So the sampled frames inside ``[s, e)`` are exactly the span's, and
+    the span never reaches past the decoded clip. An empty or inverted span is widened to its first
+    frame; indices are clipped to the real frames.
+    """
+    count = len(frame_ids)
+    if count == 0:
+        raise ProcessorInputError("cannot map a span onto a clip with no sampled frames")
+    start = min(max(int(start), 0), count - 1)
+    end = min(max(int(end), start + 1), count)
+    return int(frame_ids[start]), int(frame_ids[end - 1]) + 1
+
+
+def _output_field(outputs: Any, name: str) -> Any:
+    if isinstance(outputs, Mapping):
+        return outputs.get(name)
+    return getattr(outputs, name, None)
+
+
+def post_process_grounding(outputs: Any, inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Model outputs -> one tube per batch item, in source frame ids and pixels.
+
+    Uses ``outputs.box_index`` (B, T) (index into the input's proposal order) and ``outputs.sted``
+    (B, 2) ``[start, end)`` on the sampled-frame axis; ``inputs`` must hold ``frame_ids``,
+    ``pixel_boxes`` (or ``region_boxes`` with ``width``/``height``) and ``frame_mask``.
+
+    Returns a list of ``{"sted": [s, e), "boxes": {frame_id: [x1, y1, x2, y2]}, "score": float | None,
+    "frame_ids": [...]}`` with a box for every sampled frame inside the span (span rule in
+    :func:`span_to_frame_ids`). A frame where the model chose no proposal (``box_index == -1``: no real
+    proposal on it) takes the box of the nearest frame of the span that has one, or the whole frame when
+    none has. ``score`` is the mean over the span of ``outputs.box_score`` (the fused z^S of the chosen
+    proposals, Eq. 16) when the model gives it, else ``None``.
+    """
+    box_index = _output_field(outputs, "box_index")
+    sted = _output_field(outputs, "sted")
+    if box_index is None or sted is None:
+        raise ProcessorInputError("model outputs need `box_index` (B, T) and `sted` (B, 2) for post-processing")
+    box_index = torch.as_tensor(box_index).detach().cpu().long()
+    sted = torch.as_tensor(sted).detach().cpu().long()
+    if "frame_ids" not in inputs:
+        raise ProcessorInputError("inputs lack `frame_ids`; pass the processor's full output to post-processing")
+    frame_ids = torch.as_tensor(inputs["frame_ids"]).cpu().long()
+    if "pixel_boxes" in inputs:
+        pixel_boxes = torch.as_tensor(inputs["pixel_boxes"]).detach().cpu().float()
+    else:
+        scale = torch.stack(
+            [torch.as_tensor(inputs["width"]), torch.as_tensor(inputs["height"])] * 2, dim=-1
+        ).float()
+        pixel_boxes = torch.as_tensor(inputs["region_boxes"]).detach().cpu().float() * scale[:, None, None, :]
+    if "frame_mask" in inputs:
+        frame_mask = torch.as_tensor(inputs["frame_mask"]).cpu().bool()
+    else:
+        frame_mask = frame_ids >= 0
+    batch, T = box_index.shape
+    if frame_ids.shape[0] != batch or pixel_boxes.shape[:2] != (batch, T):
+        raise ProcessorInputError(
+            f"outputs (B={batch}, T={T}) do not match inputs (frame_ids {tuple(frame_ids.shape)}, "
+            f"boxes {tuple(pixel_boxes.shape)})"
+        )
+    box_score = _output_field(outputs, "box_score")
+    if box_score is not None:
+        box_score = torch.as_tensor(box_score).detach().cpu().float()
+    widths = torch.as_tensor(inputs["width"]).cpu().reshape(-1) if "width" in inputs else None
+    heights = torch.as_tensor(inputs["height"]).cpu().reshape(-1) if "height" in inputs else None
+    tubes = []
+    for b in range(batch):
+        real = int(frame_mask[b].sum())
+        if real == 0:
+            raise ProcessorInputError(f"batch item {b} has no real frame")
+        ids = frame_ids[b, :real].tolist()
+        start, end = int(sted[b, 0]), int(sted[b, 1])
+        s_frame, e_frame = span_to_frame_ids(start, end, ids)
+        lo = min(max(start, 0), real - 1)
+        hi = min(max(end, lo + 1), real)
+        chosen = [int(box_index[b, t]) for t in range(lo, hi)]
+        have = [t for t, j in zip(range(lo, hi), chosen) if j >= 0]
+        boxes: dict[int, list[float]] = {}
+        for t, j in zip(range(lo, hi), chosen):
+            if j < 0 and have:
+                nearest = min(have, key=lambda u: (abs(u - t), u))
+                j, source_t = int(box_index[b, nearest]), nearest
+            else:
+                source_t = t
+            if j >= 0:
+                box = pixel_boxes[b, source_t, j].tolist()
+            else:
+                width = float(widths[b]) if widths is not None else float(pixel_boxes[b, ..., 2].max())
+                height = float(heights[b]) if heights is not None else float(pixel_boxes[b, ..., 3].max())
+                box = [0.0, 0.0, width, height]
+            boxes[int(ids[t])] = [round(float(v), 2) for v in box]
+        score = None
+        if box_score is not None and have:
+            score = float(torch.stack([box_score[b, t] for t in have]).mean())
+        tubes.append({"sted": [s_frame, e_frame], "boxes": boxes, "score": score, "frame_ids": ids})
+    return tubes
+
+
+def tube_to_json(tube: Mapping[str, Any], query_id: str | None = None) -> dict[str, Any]:
+    """A tube as the predictions-file record of DESIGN sec. 6 (frame ids as string keys)."""
+    record: dict[str, Any] = {
+        "sted": [int(tube["sted"][0]), int(tube["sted"][1])],
+        "boxes": {str(k): [float(v) for v in box] for k, box in tube["boxes"].items()},
+    }
+    if query_id is not None:
+        record = {"query_id": query_id, **record}
+    if tube.get("score") is not None:
+        record["score"] = float(tube["score"])
+    return record
+
+
+# ---------------------------------------------------------------------------------------------------
+# The processor
+
+
+class StvgProcessor(ProcessorMixin):
+    """Video processor + feature extractor + word tokenizer + sentence parser of stvg-vem.
+
+    Args:
+        video_processor: :class:`StvgVideoProcessor` (decode, sample 5 fps / <= 200 frames).
+        feature_extractor: :class:`StvgFeatureExtractor` (proposals + region/frame features).
+        tokenizer: the word-level tokenizer (:func:`processing_stvg.tokenization_stvg.build_word_tokenizer`).
+        parser_language: stanza language code.
+        parser_dir: local stanza model folder (None = stanza's default ``~/stanza_resources``).
+        max_entity_words / max_relation_words: truncate phrases (relation predicates must fit the
+            decoder: ``config.max_relation_tokens - 2``).
+    """
+
+    def __init__(
+        self,
+        video_processor: StvgVideoProcessor,
+        feature_extractor: StvgFeatureExtractor,
+        tokenizer: Any,
+        parser_language: str = "en",
+        parser_dir: str | None = None,
+        max_entity_words: int = 16,
+        max_relation_words: int = 14,
+        **kwargs: Any,
+    ) -> None:
+        self.parser_language = str(parser_language)
+        self.parser_dir = None if parser_dir is None else str(parser_dir)
+        self.max_entity_words = int(max_entity_words)
+        self.max_relation_words = int(max_relation_words)
+        super().__init__(video_processor, feature_extractor, tokenizer, **kwargs)
+
+    # -- saving / loading --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON settings: the sub-processors' dicts and the parser settings (no torch modules copied)."""
+        output: dict[str, Any] = {
+            "video_processor": self.video_processor.to_dict(),
+            "feature_extractor": self.feature_extractor.to_dict(),
+            "parser_language": self.parser_language,
+            "parser_dir": self.parser_dir,
+            "max_entity_words": self.max_entity_words,
+            "max_relation_words": self.max_relation_words,
+            "processor_class": type(self).__name__,
+        }
+        if getattr(self, "auto_map", None):
+            output["auto_map"] = self.auto_map
+        return output
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        """Sub-processors from ``processor_config.json`` (video processor, feature extractor) and the
+        tokenizer files, without going through the Auto classes' model-config lookup."""
+        processor_dict = processor_dict or {}
+        missing = [k for k in ("video_processor", "feature_extractor") if not isinstance(processor_dict.get(k), dict)]
+        if missing:
+            raise OSError(
+                f"{pretrained_model_name_or_path}: processor_config.json lacks {missing}; was it saved by "
+                f"StvgProcessor.save_pretrained?"
+            )
+        video_processor = StvgVideoProcessor.from_dict(processor_dict["video_processor"])
+        feature_extractor = StvgFeatureExtractor.from_dict(processor_dict["feature_extractor"])
+        token_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **token_kwargs)
+        return [video_processor, feature_extractor, tokenizer]
+
+    # -- parsing -----------------------------------------------------------------------------------
+    @property
+    def parser(self) -> StanzaSentenceParser:
+        key = (self.parser_language, self.parser_dir)
+        if key not in _PARSERS:
+            _PARSERS[key] = StanzaSentenceParser(language=self.parser_language, model_dir=self.parser_dir)
+        return _PARSERS[key]
+
+    def parse(self, text: str | ParsedSentence | Mapping[str, Any]) -> ParsedSentence:
+        """A sentence (string, parsed with stanza) or an already-parsed sentence -> :class:`ParsedSentence`."""
+        if isinstance(text, (ParsedSentence, Mapping)):
+            return _as_parsed(text)
+        check_sentence_text(text)
+        return self.parser.parse(text)
+
+    # -- main call ---------------------------------------------------------------------------------
+    def __call__(
+        self,
+        video: Any = None,
+        text: str | ParsedSentence | Mapping[str, Any] | None = None,
+        return_tensors: str | None = "pt",
+        fps: float | None = None,
+        segment: tuple[int, int] | None = None,
+        boxes: Any = None,
+        videos: Any = None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """One video and one sentence -> model inputs (B=1) + post-processing info.
+
+        ``video``: a path, an array (T, H, W, 3), a list of PIL images (``videos=`` is an alias, HF
+        style) or a :class:`DecodedVideo` from ``processor.video_processor.decode``.
+        ``text``: a sentence (parsed with stanza), a :class:`ParsedSentence`, or a mapping with
+        entities / relations / target. ``fps`` / ``segment``: see :class:`StvgVideoProcessor`.
+        ``boxes``: optional (T, M, 4) pixel boxes on the sampled frames (skips the detector).
+        """
+        if kwargs:
+            raise TypeError(f"StvgProcessor got unexpected arguments {sorted(kwargs)}")
+        if return_tensors not in ("pt", None):
+            raise ProcessorInputError(f"return_tensors must be 'pt', got {return_tensors!r}")
+        if video is None:
+            video = videos
+        if video is None:
+            raise ProcessorInputError("StvgProcessor needs `video=` (a path, frames array or list of images)")
+        if text is None:
+            raise ProcessorInputError("StvgProcessor needs `text=` (the sentence to ground)")
+        if isinstance(text, (list, tuple)):
+            raise ProcessorInputError("StvgProcessor takes one sentence per call (B=1); loop over sentences")
+        parsed = self.parse(text)  # parse first: a bad sentence fails before the detector runs
+        if isinstance(video, DecodedVideo):
+            decoded = video  # already decoded and sampled (e.g. kept for visualisation)
+        else:
+            decoded = self.video_processor.decode(video, fps=fps, segment=segment)
+        features = self.feature_extractor.extract(decoded.frames, boxes=boxes)
+        clip = {
+            **{k: features[k] for k in VIDEO_FEATURE_KEYS},
+            "frame_ids": decoded.frame_ids,
+            "width": decoded.width,
+            "height": decoded.height,
+        }
+        return build_model_inputs(
+            [clip],
+            [parsed],
+            self.tokenizer,
+            max_entity_words=self.max_entity_words,
+            max_relation_words=self.max_relation_words,
+        )
+
+    @staticmethod
+    def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
+        """Only the model-input keys of a processor output (what ``model(**...)`` takes)."""
+        return {k: batch[k] for k in MODEL_INPUT_KEYS}
+
+    def post_process_grounding(self, outputs: Any, inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """See :func:`post_process_grounding`."""
+        return post_process_grounding(outputs, inputs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return list(MODEL_INPUT_KEYS)
+
+
+def save_tube_json(tubes: Sequence[Mapping[str, Any]], path: str | os.PathLike, query_ids: Sequence[str] | None = None) -> None:
+    """Write tubes as a predictions JSON list (atomically: temp file then rename)."""
+    records = [tube_to_json(t, None if query_ids is None else query_ids[i]) for i, t in enumerate(tubes)]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(records, f, indent=1)
+    os.replace(tmp, path)
+
+
+__all__ = [
+    "MODEL_INPUT_KEYS",
+    "POSTPROCESS_KEYS",
+    "ProcessorInputError",
+    "SentenceParseError",
+    "StvgProcessor",
+    "build_model_inputs",
+    "normalise_boxes",
+    "post_process_grounding",
+    "save_tube_json",
+    "span_to_frame_ids",
+    "tube_to_json",
+]
