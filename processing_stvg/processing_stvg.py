@@ -27,6 +27,8 @@ from transformers import AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+from modeling_stvg.modeling_stvg import MODEL_INPUT_NAMES
+
 from .feature_extraction_stvg import StvgFeatureExtractor
 from .parsing_stvg import (
     ParsedSentence,
@@ -37,19 +39,8 @@ from .parsing_stvg import (
 from .tokenization_stvg import encode_words
 from .video_processing_stvg import DecodedVideo, StvgVideoProcessor
 
-MODEL_INPUT_KEYS = (
-    "region_features",
-    "region_boxes",
-    "region_mask",
-    "frame_features",
-    "frame_mask",
-    "entity_token_ids",
-    "entity_mask",
-    "relation_token_ids",
-    "relation_entities",
-    "relation_mask",
-    "target_index",
-)
+# The model owns its input names; the processor produces exactly those.
+MODEL_INPUT_KEYS = MODEL_INPUT_NAMES
 POSTPROCESS_KEYS = ("frame_ids", "width", "height", "pixel_boxes")
 VIDEO_FEATURE_KEYS = ("boxes", "box_scores", "box_labels", "region_features", "frame_features")
 
