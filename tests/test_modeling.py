@@ -474,7 +474,11 @@ def test_remote_code_loads_in_fresh_process(tester, tmp_path):
         f"""
         import sys
         repo = {str(REPO)!r}
-        sys.path[:] = [p for p in sys.path if p not in ("", ".") and not p.startswith(repo)]
+        # Hide the checkout and its editable-install finder, keep site-packages (the venv may live in the repo).
+        sys.path[:] = [p for p in sys.path if p not in ("", ".", repo)]
+        sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+        import importlib.util
+        assert importlib.util.find_spec("modeling_stvg") is None, "the repo package must not be importable here"
         import torch
         from transformers import AutoModel
         model = AutoModel.from_pretrained({str(checkpoint)!r}, trust_remote_code=True).eval()
