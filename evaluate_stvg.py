@@ -1,7 +1,8 @@
 """Evaluate spatio-temporal video grounding on one split of a contract dataset (DESIGN sections 6-7).
 
     python evaluate_stvg.py --dataset D --split S --output-dir E \\
-        (--model OUT | --baseline object-similarity [--glove GLOVE.txt] | --predictions P.json) [--temporal-only]
+        (--model OUT [--batch-size N] [--device D] | --baseline object-similarity [--glove GLOVE.txt]
+         | --predictions P.json) [--temporal-only]
 
 writes ``E/predictions.json`` (contract format) and ``E/metrics.json`` (protocol ``tubedetr``), both
 atomically, and prints a table (rows overall/declarative/interrogative, columns in percent).
@@ -36,17 +37,49 @@ from stvg_data.evaluation import (
 from stvg_data.schema import DatasetSchemaError
 
 
-def predict_with_model(model_dir: str | Path, split: Any, progress: bool = True) -> list[dict[str, Any]] | dict[str, Prediction]:
-    """Predictions of a trained checkpoint on every query of ``split`` (a ``StvgSplit``).
+def check_model_dir(model_dir: str | Path) -> Path:
+    """``model_dir`` as a Path when it is a ``train_accelerate.py`` output folder, else ``ValueError``
+    naming ``--model`` and what to pass."""
+    path = Path(model_dir)
+    expected = ("pass the --output-dir of a finished train_accelerate.py run (a save_pretrained checkpoint: "
+                "config.json, model.safetensors and the tokenizer files)")
+    if not path.exists():
+        raise ValueError(f"--model {model_dir}: no such folder; {expected}")
+    if not path.is_dir():
+        raise ValueError(f"--model {model_dir}: not a folder; {expected}")
+    for name in ("config.json", "model.safetensors"):
+        if not (path / name).is_file():
+            raise ValueError(f"--model {model_dir}: not a train_accelerate.py output folder: no {name}; {expected}")
+    return path
 
-    Plug-in point for ``--model``: return contract records (``{"query_id", "sted", "boxes"}``, as
-    ``stvg_data.inference.predict_split`` produces) or ``{query_id: Prediction}``.
-    """
-    raise NotImplementedError(
-        f"--model {model_dir}: evaluating a trained checkpoint needs the model package (modeling_stvg.StvgModel "
-        "with stvg_data.inference), which is not wired into evaluate_stvg.py yet. Use --baseline or --predictions, "
-        "or write the model's predictions with stvg_data.inference.predict_split and pass them with --predictions."
-    )
+
+def check_device(device: str | None) -> None:
+    """``ValueError`` naming ``--device`` for a device string torch cannot parse or a missing CUDA."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise ValueError(f"--device {device}: not a torch device ({error}); pass e.g. cpu or cuda:0") from error
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; pass --device cpu")
+
+
+def predict_with_model(model_dir: str | Path, split: Any, batch_size: int = 16, device: str | None = None,
+                       progress: bool = True) -> list[dict[str, Any]]:
+    """Contract records (``{"query_id", "sted", "boxes"}``) of a trained checkpoint on every query of
+    ``split`` (a ``StvgSplit``), via ``stvg_data.inference.predict_checkpoint``."""
+    from stvg_data.inference import predict_checkpoint
+
+    path = check_model_dir(model_dir)
+    check_device(device)
+    try:
+        return predict_checkpoint(path, split, batch_size=batch_size, device=device, progress=progress)
+    except OSError as error:  # transformers: unreadable weights, tokenizer files missing, ...
+        raise ValueError(f"--model {model_dir}: cannot load the checkpoint ({error}); pass the --output-dir of a "
+                         "finished train_accelerate.py run") from error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,13 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", required=True, help="split to evaluate, e.g. test")
     parser.add_argument("--output-dir", required=True, type=Path, help="writes predictions.json and metrics.json here")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="trained checkpoint folder (save_pretrained output)")
+    source.add_argument("--model", type=Path, help="trained checkpoint folder (train_accelerate.py --output-dir)")
     source.add_argument("--baseline", choices=BASELINES, help="a training-free baseline")
     source.add_argument("--predictions", type=Path, help="a predictions JSON file in the contract format")
     parser.add_argument("--glove", type=Path, default=None,
                         help="GloVe text file for the object-similarity baseline (default: lexical label matching)")
     parser.add_argument("--temporal-only", action="store_true",
                         help="evaluate time spans only (m_tIoU); needed when the split has no ground-truth boxes")
+    parser.add_argument("--batch-size", type=int, default=None, help="queries per forward pass with --model (default 16)")
+    parser.add_argument("--device", default=None, help="torch device for --model, e.g. cpu, cuda:0 (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -74,13 +109,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     progress = not args.no_progress
     if args.glove is not None and args.baseline is None:
         raise ValueError("--glove only applies to --baseline object-similarity")
+    if args.model is None and (args.batch_size is not None or args.device is not None):
+        raise ValueError("--batch-size and --device only apply to --model")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.model is not None:
+        check_model_dir(args.model)  # before loading the dataset: fail fast on a wrong path
+        check_device(args.device)
     split = load_stvg_split(args.dataset, args.split)
     if args.predictions is not None:
         predictions = load_predictions(args.predictions)
     elif args.baseline is not None:
         predictions = baseline_predictions(args.baseline, split, glove_path=args.glove, progress=progress)
     else:
-        predictions = predict_with_model(args.model, split, progress=progress)
+        predictions = predict_with_model(args.model, split, batch_size=args.batch_size or 16, device=args.device,
+                                         progress=progress)
     if not isinstance(predictions, dict):
         predictions = parse_predictions(predictions, source="model predictions")
     elif not all(isinstance(p, Prediction) for p in predictions.values()):
@@ -99,8 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         metrics = run(args)
-    except (PredictionsError, DatasetSchemaError, MissingGroundTruthError, NotImplementedError,
-            FileNotFoundError, ValueError) as error:
+    except (PredictionsError, DatasetSchemaError, MissingGroundTruthError, FileNotFoundError,
+            ValueError) as error:
         print(f"evaluate_stvg.py: error: {error}", file=sys.stderr)
         return 2
     source = args.predictions or (f"baseline {args.baseline}" if args.baseline else args.model)

@@ -22,25 +22,13 @@ import datasets
 import numpy as np
 import torch
 
+from modeling_stvg.modeling_stvg import MODEL_INPUT_NAMES  # the keys StvgModel.forward takes
+
 from .schema import GROUND_TRUTH_COLUMNS, DatasetSchemaError
 
 # Token ids of the word-level tokenizer (processing_stvg/tokenization_stvg.py, team agreement).
 PAD_ID, UNK_ID = 0, 1
 
-# The keys StvgModel.forward takes (INTERFACES.md, "Model inputs").
-MODEL_INPUT_KEYS = (
-    "region_features",
-    "region_boxes",
-    "region_mask",
-    "frame_features",
-    "frame_mask",
-    "entity_token_ids",
-    "entity_mask",
-    "relation_token_ids",
-    "relation_entities",
-    "relation_mask",
-    "target_index",
-)
 # Query columns the training path may read (everything a query has but its ground truth).
 QUERY_INPUT_COLUMNS = ("query_id", "video_id", "sentence", "qtype", "entities", "relations", "target")
 _FEATURE_COLUMNS = ("region_features", "frame_features")
@@ -238,8 +226,9 @@ def _pad_2d(sequences: Sequence[Sequence[Sequence[int]]], pad: int = PAD_ID) -> 
 def collate_stvg(items: Sequence[Mapping[str, Any]], dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """Pad items of :class:`StvgQueryDataset` into the model inputs of INTERFACES.md.
 
-    Returns the :data:`MODEL_INPUT_KEYS` tensors plus ``meta`` (a list of per-item dicts) when the
-    items carry one. K is at least 1 (an all-False ``relation_mask`` row when a query has none).
+    Returns the ``MODEL_INPUT_NAMES`` tensors (``modeling_stvg.modeling_stvg``) plus ``meta`` (a list of
+    per-item dicts) when the items carry one. K is at least 1 (an all-False ``relation_mask`` row when a
+    query has none).
     """
     if not items:
         raise ValueError("collate_stvg got an empty batch")
@@ -287,7 +276,7 @@ def collate_stvg(items: Sequence[Mapping[str, Any]], dtype: torch.dtype = torch.
 
 def model_inputs(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Only the tensors StvgModel.forward takes (drops ``meta``)."""
-    return {key: batch[key] for key in MODEL_INPUT_KEYS}
+    return {key: batch[key] for key in MODEL_INPUT_NAMES}
 
 
 def iter_batches(dataset: StvgQueryDataset, batch_size: int) -> Iterable[dict[str, Any]]:

@@ -99,3 +99,12 @@ def read_weights(path: str | Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     return load_file(str(path))
+
+
+def reset_accelerate_state() -> None:
+    """Forget the Accelerate singletons, so the next in-process ``train_accelerate.run`` builds its own."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    PartialState._reset_state()

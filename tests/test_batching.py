@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from modeling_stvg.modeling_stvg import MODEL_INPUT_NAMES
 from processing_stvg.tokenization_stvg import build_word_tokenizer
 from stvg_data.batching import (
-    MODEL_INPUT_KEYS,
     StvgQueryDataset,
     WeakSupervisionError,
     assert_weakly_supervised,
@@ -95,7 +95,7 @@ def test_ground_truth_is_dropped_before_rows_are_read(split, tokenizer):
 def test_collate_pads_every_axis_and_normalises_boxes(split, tokenizer):
     dataset = StvgQueryDataset.from_split(split, tokenizer)
     batch = collate_stvg([dataset[0], dataset[1], dataset[2]])
-    assert set(MODEL_INPUT_KEYS) <= set(batch)
+    assert set(MODEL_INPUT_NAMES) <= set(batch)
     b, t, n, k = 3, 5, 3, 2
     assert batch["region_features"].shape == (b, t, M, DV) and batch["region_features"].dtype == torch.float32
     assert batch["frame_features"].shape == (b, t, DF)

@@ -340,11 +340,11 @@ def test_cli_refuses_bad_predictions_without_writing(tmp_path, capsys):
     assert not (out / "metrics.json").exists()
 
 
-def test_cli_model_is_a_clear_not_implemented(tmp_path, capsys):
+def test_cli_model_folder_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     data = three_query_dataset(tmp_path / "data")
     argv = ["--dataset", str(data), "--split", "test", "--output-dir", str(tmp_path / "e"), "--model", str(tmp_path)]
     assert evaluate_stvg.main(argv) == 2
-    assert "model package" in capsys.readouterr().err
+    assert "--model" in (err := capsys.readouterr().err) and "no config.json" in err  # tests/test_evaluate_model.py
     with pytest.raises(SystemExit):  # exactly one source is required
         evaluate_stvg.main(["--dataset", str(data), "--split", "test", "--output-dir", str(tmp_path / "e")])
 

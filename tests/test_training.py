@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import train_accelerate as ta
-from _training_data import TINY_MODEL_ARGS, build_tiny_dataset, read_weights
+from _training_data import TINY_MODEL_ARGS, build_tiny_dataset, read_weights, reset_accelerate_state
 from stvg_data.dataset_folder import DatasetFolderWriter, load_stvg_split
 
 
@@ -27,12 +27,8 @@ def train_args(dataset: Path, output: Path, *extra: str, epochs: int = 2) -> lis
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
     """Each in-process run builds its own Accelerator: reset the singletons between runs."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
     yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate_state()
 
 
 @pytest.fixture(scope="module")
