@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--reconstruction-assignment", choices=("variational", "posterior"), default=None,
                         help="assignment fed to the M-step reconstruction (DESIGN sec. 4 open point); "
                              "default: the model config's default")
+    method.add_argument("--reconstruction-memory", choices=("frames", "pooled"), default=None,
+                        help="what the relation decoder reads (StvgConfig.reconstruction_memory); default: the config's")
+    method.add_argument("--temporal-context", choices=("frames", "frames_and_regions"), default=None,
+                        help="what the Eq. 7 temporal head reads (StvgConfig.temporal_context); default: the config's")
+    method.add_argument("--box-motion", choices=("on", "off"), default=None,
+                        help="tube motion in the box embedding (StvgConfig.box_motion); default: the config's")
     method.add_argument("--hidden-size", type=int, default=None, help="default: model config (256)")
     method.add_argument("--num-attention-heads", type=int, default=None)
     method.add_argument("--num-layers", type=int, default=None,
@@ -230,6 +236,9 @@ def build_config(args: argparse.Namespace, vocab_size: int, dims: dict[str, int]
     values: dict[str, Any] = {"vocab_size": vocab_size, "objective": args.losses, **dims}
     optional = {
         "reconstruction_assignment": args.reconstruction_assignment,
+        "reconstruction_memory": args.reconstruction_memory,
+        "temporal_context": args.temporal_context,
+        "box_motion": None if args.box_motion is None else args.box_motion == "on",
         "hidden_size": args.hidden_size,
         "num_attention_heads": args.num_attention_heads,
         "intermediate_size": args.intermediate_size,

@@ -10,6 +10,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 RECONSTRUCTION_ASSIGNMENTS = ("variational", "posterior")
+TEMPORAL_CONTEXTS = ("frames", "frames_and_regions")
+RECONSTRUCTION_MEMORIES = ("frames", "pooled")
 OBJECTIVES = ("both", "contrastive", "reconstruction")
 
 
@@ -42,6 +44,16 @@ class StvgConfig(PreTrainedConfig):
         reconstruction_assignment: which assignment feeds the Eq. 13 reconstruction in the M-step:
             "variational" = q_phi's (detached; the paper's text), "posterior" = p_theta's own (gradient reaches
             p_theta's assignment heads). See DESIGN sec. 4, open point.
+        box_motion: add each tube's centre displacement to the previous and the next frame to the box embedding
+            (a linked tube makes motion explicit; our choice, the paper embeds the box only).
+        temporal_context: what the Eq. 7 cross-attention reads per frame: "frames" (the frame feature, as the paper
+            states) or "frames_and_regions" (the frame feature plus the mean of that frame's region context
+            states, which carry tube motion; frame features pooled over a whole image barely see a small object
+            move).
+        reconstruction_memory: what the Eq. 15 decoder cross-attends to: "frames" = {h^r_t} for every frame t, each
+            scaled by z^T_t (Eq. 13 as written), or "pooled" = one vector per relation, sum_t z^T_t h^r_t with z^T
+            normalised over t; the decoder then sees only what the temporal assignment selects, so reconstruction
+            pushes z^T onto the frames that show the relation.
         objective: "both" (paper), "contrastive" (ablation: q_phi with L_contra only; inference uses q_phi only),
             "reconstruction" (ablation: no L_contra).
         gather_negatives: gather the sentences of all processes as InfoNCE negatives when torch.distributed is
@@ -82,6 +94,9 @@ class StvgConfig(PreTrainedConfig):
     temporal_min_width: float | int = 0.02
     temporal_threshold: float | int = 0.5
     reconstruction_assignment: str = "posterior"
+    box_motion: bool = True
+    temporal_context: str = "frames_and_regions"
+    reconstruction_memory: str = "frames"
     objective: str = "both"
     gather_negatives: bool = True
     contrastive_loss_weight: float | int = 1.0
@@ -145,6 +160,15 @@ class StvgConfig(PreTrainedConfig):
             raise ValueError(f"StvgConfig.temporal_min_width must be in (0, 1), got {self.temporal_min_width}.")
         if not 0.0 < self.temporal_threshold <= 1.0:
             raise ValueError(f"StvgConfig.temporal_threshold must be in (0, 1], got {self.temporal_threshold}.")
+        if self.temporal_context not in TEMPORAL_CONTEXTS:
+            raise ValueError(
+                f"StvgConfig.temporal_context must be one of {TEMPORAL_CONTEXTS}, got {self.temporal_context!r}."
+            )
+        if self.reconstruction_memory not in RECONSTRUCTION_MEMORIES:
+            raise ValueError(
+                f"StvgConfig.reconstruction_memory must be one of {RECONSTRUCTION_MEMORIES}, "
+                f"got {self.reconstruction_memory!r}."
+            )
         if self.reconstruction_assignment not in RECONSTRUCTION_ASSIGNMENTS:
             raise ValueError(
                 f"StvgConfig.reconstruction_assignment must be one of {RECONSTRUCTION_ASSIGNMENTS}, "

@@ -244,6 +244,16 @@ def link_tubes(
     return order
 
 
+def tube_motion(tube_boxes: Tensor, tube_mask: Tensor, scale: float = 10.0) -> Tensor:
+    """Centre displacement of every tube box to the previous and to the next frame of its tube (0 where either box
+    is missing), times ``scale`` so a typical step is O(0.1-1). tube_boxes (B,T,M,4), tube_mask (B,T,M) -> (B,T,M,4)."""
+    centre = 0.5 * (tube_boxes[..., :2] + tube_boxes[..., 2:])  # (B,T,M,2)
+    step = (centre[:, 1:] - centre[:, :-1]) * (tube_mask[:, 1:] & tube_mask[:, :-1])[..., None]  # (B,T-1,M,2)
+    from_previous = F.pad(step, (0, 0, 0, 0, 1, 0))  # (B,T,M,2): frame t minus frame t-1
+    to_next = F.pad(step, (0, 0, 0, 0, 0, 1))  # (B,T,M,2): frame t+1 minus frame t
+    return scale * torch.cat([from_previous, to_next], dim=-1)
+
+
 def reorder_regions(values: Tensor, tube_order: Tensor) -> Tensor:
     """Gather per-proposal values (B,T,M,...) into tube order (B,T,M,...) with ``tube_order`` (B,T,M)."""
     index = tube_order
@@ -840,7 +850,7 @@ class StvgNetwork(nn.Module):
         self.language_layers = nn.ModuleList(StvgTransformerLayer(config) for _ in range(config.num_language_layers))
         self.language_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.region_proj = nn.Linear(config.region_feature_dim, dim)
-        self.box_proj = nn.Linear(7, dim)
+        self.box_proj = nn.Linear(11 if config.box_motion else 7, dim)
         self.region_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.frame_proj = nn.Linear(config.frame_feature_dim, dim)
         self.frame_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
@@ -875,6 +885,8 @@ class StvgNetwork(nn.Module):
         frames = tube_features.shape[1]
         x1, y1, x2, y2 = tube_boxes.unbind(-1)
         box = torch.stack([x1, y1, x2, y2, x2 - x1, y2 - y1, (x2 - x1) * (y2 - y1)], dim=-1)  # (B,T,M,7)
+        if self.config.box_motion:
+            box = torch.cat([box, tube_motion(tube_boxes, tube_mask)], dim=-1)  # (B,T,M,11)
         position = self.frame_position(torch.arange(frames, device=tube_features.device))[None, :, None]  # (1,T,1,D)
         regions = self.region_norm(self.region_proj(tube_features) + self.box_proj(box) + position)
         return self.video_encoder(self.dropout(regions), tube_mask)
@@ -916,6 +928,8 @@ class StvgNetwork(nn.Module):
         phrase_states = self.encode_language(entity_token_ids, entity_mask, **relation_inputs)  # (B,N,D)
         video_states = self.encode_video(tube_features, tube_boxes, tube_mask)  # (B,T,M,D)
         frame_states = self.encode_frames(frame_features)  # (B,T,D)
+        if self.config.temporal_context == "frames_and_regions":
+            frame_states = frame_states + masked_mean(video_states, tube_mask, dim=2)  # (B,T,D)
 
         phrase_keys = self.spatial_head.g_s(phrase_states)  # (B,N,D)
         region_keys = self.spatial_head.g_v(video_states)  # (B,T,M,D)
@@ -1028,8 +1042,15 @@ class StvgPosteriorNetwork(StvgNetwork):
                               frame_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Eq. 13-15 with a given assignment -> (logits (B,K,L+1,V), labels (B,K,L+1), -100 = ignore)."""
         cfg = self.config
-        entity_features = entity_video_features(video_states, spatial_assignment, temporal_assignment)  # (B,T,N,D)
-        memory = relation_features(entity_features, relation_entities, self.relation_projection)  # (B,K,T,D)
+        if cfg.reconstruction_memory == "pooled":
+            weights = normalise_over_time(temporal_assignment, frame_mask)  # (B,T), sums to 1 over real frames
+            entity_features = entity_video_features(video_states, spatial_assignment, weights)  # (B,T,N,D)
+            pooled = entity_features.sum(dim=1, keepdim=True)  # (B,1,N,D): sum_t z~_t z^S_t V_t
+            memory = relation_features(pooled, relation_entities, self.relation_projection)  # (B,K,1,D)
+            frame_mask = frame_mask.new_ones(frame_mask.shape[0], 1)  # (B,1)
+        else:
+            entity_features = entity_video_features(video_states, spatial_assignment, temporal_assignment)  # (B,T,N,D)
+            memory = relation_features(entity_features, relation_entities, self.relation_projection)  # (B,K,T,D)
         batch, relations, frames, dim = memory.shape
         input_ids, labels, input_mask = build_reconstruction_targets(
             relation_token_ids, cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id

@@ -35,6 +35,7 @@ from modeling_stvg.modeling_stvg import (  # noqa: E402
     build_reconstruction_targets,
     temporal_span,
     tube_linking_edge_scores,
+    tube_motion,
 )
 
 
@@ -131,6 +132,8 @@ def test_config_defaults_follow_the_paper():
         ({"vocab_size": 3}, "eos_token_id"),
         ({"dropout": 1.0}, "dropout"),
         ({"num_video_layers": 0}, "num_video_layers"),
+        ({"temporal_context": "regions"}, "temporal_context"),
+        ({"reconstruction_memory": "mean"}, "reconstruction_memory"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, field):
@@ -265,7 +268,13 @@ def _pad(inputs, extra_frames=2, extra_regions=2, extra_entities=1, extra_relati
     return out
 
 
-def test_padding_changes_no_real_output(tester):
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"temporal_context": "frames", "box_motion": False}, {"reconstruction_memory": "pooled"}],
+    ids=["default", "paper-frame-context", "pooled-memory"],
+)
+def test_padding_changes_no_real_output(variant):
+    tester = StvgModelTester(**variant)
     model = tester.make_model()
     inputs = tester.make_inputs()
     padded = _pad(inputs)
@@ -284,6 +293,18 @@ def test_padding_changes_no_real_output(tester):
         torch.testing.assert_close(getattr(ref_e, name), getattr(pad_e, name), atol=1e-5, rtol=1e-5)
     for name in ("loss", "assignment_loss", "reconstruction_loss"):
         torch.testing.assert_close(getattr(ref_m, name), getattr(pad_m, name), atol=1e-5, rtol=1e-5)
+
+
+def test_tube_motion_is_the_centre_step_along_each_tube():
+    # one tube over 3 frames: centre (0.2,0.2) -> (0.3,0.2) -> (0.3,0.5); a second tube missing on frame 1
+    boxes = torch.tensor([[[0.1, 0.1, 0.3, 0.3], [0.0, 0.0, 0.2, 0.2]],
+                          [[0.2, 0.1, 0.4, 0.3], [0.0, 0.0, 0.0, 0.0]],
+                          [[0.2, 0.4, 0.4, 0.6], [0.1, 0.0, 0.3, 0.2]]])[None]  # (1,T=3,M=2,4)
+    mask = torch.tensor([[[True, True], [True, False], [True, True]]])
+    motion = tube_motion(boxes, mask, scale=1.0)  # (1,3,2,4): (from previous, to next)
+    expected_tube0 = torch.tensor([[0.0, 0.0, 0.1, 0.0], [0.1, 0.0, 0.0, 0.3], [0.0, 0.3, 0.0, 0.0]])
+    torch.testing.assert_close(motion[0, :, 0], expected_tube0)
+    assert torch.all(motion[0, :, 1] == 0), "a step touching a missing box must be zero"
 
 
 def test_box_index_is_in_original_proposal_order(tester):
