@@ -23,9 +23,8 @@ Launch commands::
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \\
         train_accelerate.py --dataset DIR --output-dir OUT
 
-    # 1 GPU, bf16
-    accelerate launch --num_processes 1 --mixed_precision bf16 train_accelerate.py --dataset D --output-dir OUT \\
-        --mixed-precision bf16
+    # 1 GPU, bf16 (the launcher's / accelerate config's setting; or pass --mixed-precision bf16)
+    accelerate launch --num_processes 1 --mixed_precision bf16 train_accelerate.py --dataset D --output-dir OUT
 
     # all GPUs of one machine
     accelerate launch --multi_gpu --num_processes 8 train_accelerate.py --dataset D --output-dir OUT
@@ -103,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--gradient-accumulation-steps", type=int, default=1)
     optim.add_argument("--alternate", choices=("epoch", "iteration"), default="epoch",
                        help="E/M alternation: a full E-pass then a full M-pass per epoch (paper), or per batch")
-    optim.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    optim.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
+                       help="default: the launcher's --mixed_precision / accelerate config (else no); "
+                            "when given, it overrides them")
     optim.add_argument("--seed", type=int, default=0)
 
     method = parser.add_argument_group("method")
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what the Eq. 7 temporal head reads (StvgConfig.temporal_context); default: the config's")
     method.add_argument("--box-motion", choices=("on", "off"), default=None,
                         help="tube motion in the box embedding (StvgConfig.box_motion); default: the config's")
+    method.add_argument("--reconstruction-frame-context", choices=("on", "off"), default=None,
+                        help="scene context in the relation memory (StvgConfig.reconstruction_frame_context)")
     method.add_argument("--hidden-size", type=int, default=None, help="default: model config (256)")
     method.add_argument("--num-attention-heads", type=int, default=None)
     method.add_argument("--num-layers", type=int, default=None,
@@ -126,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--word-embedding-dim", type=int, default=None)
     method.add_argument("--dropout", type=float, default=None)
     method.add_argument("--contrastive-temperature", type=float, default=None)
+    method.add_argument("--assignment-loss-weight", type=float, default=None, help="weight of L_z (Eq. 9) in both steps")
+    method.add_argument("--contrastive-loss-weight", type=float, default=None, help="weight of L_contra (Eq. 11)")
+    method.add_argument("--reconstruction-loss-weight", type=float, default=None, help="weight of L_rec (Eq. 15)")
     method.add_argument("--fusion-beta", type=float, default=None)
     method.add_argument("--temporal-threshold", type=float, default=None)
     method.add_argument("--glove", type=Path, default=None, help="GloVe text file to initialise the word tables")
@@ -239,6 +245,8 @@ def build_config(args: argparse.Namespace, vocab_size: int, dims: dict[str, int]
         "reconstruction_memory": args.reconstruction_memory,
         "temporal_context": args.temporal_context,
         "box_motion": None if args.box_motion is None else args.box_motion == "on",
+        "reconstruction_frame_context": (None if args.reconstruction_frame_context is None
+                                         else args.reconstruction_frame_context == "on"),
         "hidden_size": args.hidden_size,
         "num_attention_heads": args.num_attention_heads,
         "intermediate_size": args.intermediate_size,
@@ -246,6 +254,9 @@ def build_config(args: argparse.Namespace, vocab_size: int, dims: dict[str, int]
         "dropout": args.dropout,
         "contrastive_temperature": args.contrastive_temperature,
         "fusion_beta": args.fusion_beta,
+        "assignment_loss_weight": args.assignment_loss_weight,
+        "contrastive_loss_weight": args.contrastive_loss_weight,
+        "reconstruction_loss_weight": args.reconstruction_loss_weight,
         "temporal_threshold": args.temporal_threshold,
     }
     values.update({key: value for key, value in optional.items() if value is not None})
@@ -330,6 +341,12 @@ def _scalar(value: Any) -> float | None:
 # --------------------------------------------------------------------------------------------------
 
 
+def accelerator_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``Accelerator`` options from the arguments: ``mixed_precision`` only when ``--mixed-precision``
+    was given, so that by default the launcher's ``--mixed_precision`` / accelerate config applies."""
+    return {} if args.mixed_precision is None else {"mixed_precision": args.mixed_precision}
+
+
 class EMTrainer:
     """The alternating EM loop of Algorithm 1 over two separately prepared networks."""
 
@@ -345,7 +362,7 @@ class EMTrainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         trackers = _trackers(args.report_to)
         self.accelerator = Accelerator(
-            mixed_precision=args.mixed_precision,
+            **accelerator_options(args),
             log_with=trackers or None,
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "runs")),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
@@ -607,7 +624,7 @@ def save_tokenizer_or_processor(tokenizer: Any, output_dir: Path, metadata: dict
 
 
 def model_card(args: argparse.Namespace, argv: Sequence[str], data: dict[str, Any], config: Any,
-               metrics: dict[str, Any] | None, state: dict[str, Any]) -> str:
+               metrics: dict[str, Any] | None, state: dict[str, Any], mixed_precision: str | None = None) -> str:
     from stvg_data.evaluation import format_metrics_table
 
     metadata = data["metadata"]
@@ -634,7 +651,7 @@ def model_card(args: argparse.Namespace, argv: Sequence[str], data: dict[str, An
         "",
         f"- {state['epoch']} epochs, alternation by {args.alternate}, losses `{args.losses}`, reconstruction "
         f"assignment `{config.reconstruction_assignment}`, batch {args.batch_size} per process, lr {args.learning_rate}, "
-        f"seed {args.seed}, mixed precision {args.mixed_precision}; {state['e_steps']} E-steps and {state['m_steps']} "
+        f"seed {args.seed}, mixed precision {mixed_precision or args.mixed_precision or 'no'}; {state['e_steps']} E-steps and {state['m_steps']} "
         "M-steps",
         "",
         "```bash",
@@ -718,7 +735,8 @@ def export(trainer: EMTrainer, argv: Sequence[str]) -> dict[str, Any] | None:
                                   **{f"test/{k}": v for k, v in metrics["overall"].items() if k != "num_queries"}})
             accelerator.print(f"{args.eval_split}: {metrics['num_queries']} queries")
             accelerator.print(format_metrics_table(metrics))
-        card = model_card(args, argv, trainer.data, trainer.config, metrics, trainer.state)
+        card = model_card(args, argv, trainer.data, trainer.config, metrics, trainer.state,
+                          mixed_precision=str(accelerator.mixed_precision))
         (output_dir / "README.md").write_text(card, encoding="utf-8")
         if not args.no_plots:
             write_plots(output_dir, eval_split, predictions)

@@ -820,9 +820,27 @@ def cli_main(run: Callable[[list[str] | None], Any], argv: list[str] | None) -> 
     return 0
 
 
+SOURCES = ("vidstg", "hcstvg")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser, for ``--help`` only: the converter's own parser handles its options."""
+    parser = argparse.ArgumentParser(
+        prog="extract.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="`extract.py vidstg --help` / `extract.py hcstvg --help` list a converter's options.",
+    )
+    parser.add_argument("source", choices=SOURCES, help="which converter runs (dataset_scripts/<source>.py)")
+    parser.add_argument("options", nargs=argparse.REMAINDER,
+                        help="the converter's options, with --videos DIR (features) and --output-dir DIR")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    sources = ("vidstg", "hcstvg")
+    sources = SOURCES
+    if argv and argv[0] in ("-h", "--help"):
+        build_parser().print_help()
+        return 0
     if not argv or argv[0] not in sources:
         print(f"usage: extract.py {{{','.join(sources)}}} <converter options> --videos DIR --output-dir DIR\n"
               "  (the options of dataset_scripts/vidstg.py or dataset_scripts/hcstvg.py)", file=sys.stderr)

@@ -7,7 +7,8 @@ extractor (:class:`~processing_stvg.feature_extraction_stvg.StvgFeatureExtractor
 relations, target) and tokenizes its phrases (word-level tokenizer). The result is a
 :class:`~transformers.BatchFeature` with exactly the model-input keys (:data:`MODEL_INPUT_KEYS`) plus
 the post-processing keys (:data:`POSTPROCESS_KEYS`): ``frame_ids`` (B, T) absolute ids, -1 = padding;
-``width``/``height`` (B,); ``pixel_boxes`` (B, T, M, 4). ``processor.model_inputs(batch)`` keeps only
+``segment_end`` (B,) the exclusive end of the sampled clip; ``width``/``height`` (B,); ``pixel_boxes``
+(B, T, M, 4). ``processor.model_inputs(batch)`` keeps only
 the model-input keys.
 
 :func:`build_model_inputs` is the tensor-building code shared with the trainer's collation
@@ -28,6 +29,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from modeling_stvg.modeling_stvg import MODEL_INPUT_NAMES
+from stvg_data.inference import span_to_frame_ids  # the one span rule (DESIGN sec. 6, README "Conventions")
 
 from .feature_extraction_stvg import StvgFeatureExtractor
 from .parsing_stvg import (
@@ -41,7 +43,7 @@ from .video_processing_stvg import DecodedVideo, StvgVideoProcessor
 
 # The model owns its input names; the processor produces exactly those.
 MODEL_INPUT_KEYS = MODEL_INPUT_NAMES
-POSTPROCESS_KEYS = ("frame_ids", "width", "height", "pixel_boxes")
+POSTPROCESS_KEYS = ("frame_ids", "segment_end", "width", "height", "pixel_boxes")
 VIDEO_FEATURE_KEYS = ("boxes", "box_scores", "box_labels", "region_features", "frame_features")
 
 # Stanza pipelines are cached per (language, folder) outside the processor, so the processor itself
@@ -87,6 +89,18 @@ def normalise_boxes(boxes: np.ndarray, width: float, height: float) -> np.ndarra
     return np.asarray(boxes, dtype=np.float32) / scale
 
 
+def _segment_end(video: Mapping[str, Any], ids: np.ndarray) -> int:
+    """Exclusive end of the sampled clip: ``segment[1]`` (or ``segment_end``), else one past the last
+    sampled frame id."""
+    end = None
+    if video.get("segment") is not None:
+        end = int(np.asarray(video["segment"]).reshape(-1)[1])
+    elif video.get("segment_end") is not None:
+        end = int(video["segment_end"])
+    last = int(ids[-1]) + 1 if len(ids) else 0
+    return last if end is None else max(end, last)
+
+
 def build_model_inputs(
     videos: Sequence[Mapping[str, Any]],
     sentences: Sequence[ParsedSentence | Mapping[str, Any]],
@@ -101,14 +115,16 @@ def build_model_inputs(
     Args:
         videos: per item a mapping with ``boxes`` (T, M, 4) pixels, ``box_labels`` (T, M) (-1 =
             padding), ``region_features`` (T, M, Dv), ``frame_features`` (T, Df), ``width``,
-            ``height`` and, for post-processing, ``frame_ids`` (T,) -- a ``videos`` row of the dataset
-            or the processor's decoded + extracted clip. Arrays may be numpy, torch or nested lists.
+            ``height`` and, for post-processing, ``frame_ids`` (T,) and ``segment`` ([begin, end) of the
+            sampled clip; or ``segment_end``) -- a ``videos`` row of the dataset or the processor's
+            decoded + extracted clip. Arrays may be numpy, torch or nested lists.
         sentences: per item a :class:`ParsedSentence` or a mapping with ``entities``, ``relations``
             (``{"subject", "predicate", "object"}`` dicts or tuples) and ``target`` (a ``queries`` row).
         tokenizer: the word-level tokenizer.
         max_entity_words / max_relation_words: truncate phrases to this many words (None = keep all).
-        with_postprocess: also return ``frame_ids`` (B, T; -1 = padding), ``width``, ``height`` (B,)
-            and ``pixel_boxes`` (B, T, M, 4).
+        with_postprocess: also return ``frame_ids`` (B, T; -1 = padding), ``segment_end`` (B,; the
+            clip's exclusive end, ``frame_ids[-1] + 1`` when the video gives no segment), ``width``,
+            ``height`` (B,) and ``pixel_boxes`` (B, T, M, 4).
         dtype: float dtype of features and boxes.
 
     Returns:
@@ -149,6 +165,7 @@ def build_model_inputs(
     frame_features = np.zeros((batch, T, Df), dtype=np.float32)
     frame_mask = np.zeros((batch, T), dtype=bool)
     frame_ids = np.full((batch, T), -1, dtype=np.int64)
+    segment_end = np.zeros((batch,), dtype=np.int64)
     for b, (boxes, labels, regions, frames, width, height) in enumerate(arrays):
         t, m = boxes.shape[:2]
         region_features[b, :t, :m] = regions
@@ -164,6 +181,7 @@ def build_model_inputs(
             frame_ids[b, :t] = ids
         elif with_postprocess:
             frame_ids[b, :t] = np.arange(t)
+        segment_end[b] = _segment_end(videos[b], frame_ids[b, :t])
 
     entity_rows, relation_rows, relation_pairs, targets = [], [], [], []
     for b, p in enumerate(parsed):
@@ -205,6 +223,7 @@ def build_model_inputs(
     }
     if with_postprocess:
         data["frame_ids"] = torch.from_numpy(frame_ids)
+        data["segment_end"] = torch.from_numpy(segment_end)
         data["width"] = torch.as_tensor([a[4] for a in arrays], dtype=torch.long)
         data["height"] = torch.as_tensor([a[5] for a in arrays], dtype=torch.long)
         data["pixel_boxes"] = torch.from_numpy(pixel_boxes).to(dtype)
@@ -213,22 +232,6 @@ def build_model_inputs(
 
 # ---------------------------------------------------------------------------------------------------
 # Post-processing
-
-
-def span_to_frame_ids(start: int, end: int, frame_ids: Sequence[int]) -> tuple[int, int]:
-    """Model span ``[start, end)`` over the sampled-frame axis -> ``[s, e)`` in absolute frame ids.
-
-    Rule: ``s`` is the first sampled frame of the span, ``e`` is one past its last sampled frame
-    (``frame_ids[end - 1] + 1``). So the sampled frames inside ``[s, e)`` are exactly the span's, and
-    the span never reaches past the decoded clip. An empty or inverted span is widened to its first
-    frame; indices are clipped to the real frames.
-    """
-    count = len(frame_ids)
-    if count == 0:
-        raise ProcessorInputError("cannot map a span onto a clip with no sampled frames")
-    start = min(max(int(start), 0), count - 1)
-    end = min(max(int(end), start + 1), count)
-    return int(frame_ids[start]), int(frame_ids[end - 1]) + 1
 
 
 def _output_field(outputs: Any, name: str) -> Any:
@@ -242,11 +245,17 @@ def post_process_grounding(outputs: Any, inputs: Mapping[str, Any]) -> list[dict
 
     Uses ``outputs.box_index`` (B, T) (index into the input's proposal order) and ``outputs.sted``
     (B, 2) ``[start, end)`` on the sampled-frame axis; ``inputs`` must hold ``frame_ids``,
-    ``pixel_boxes`` (or ``region_boxes`` with ``width``/``height``) and ``frame_mask``.
+    ``pixel_boxes`` (or ``region_boxes`` with ``width``/``height``), ``frame_mask`` and ``segment_end``
+    (without it the clip is taken to end one past its last sampled frame).
+
+    Span rule: :func:`stvg_data.inference.span_to_frame_ids`, the same as training-time evaluation and
+    ``evaluate_stvg.py --model``: a sampled frame stands for the raw frames up to the next sampled one,
+    so ``[start, end)`` becomes ``[frame_ids[start], frame_ids[end])``, or ``[frame_ids[start],
+    segment_end)`` when the span reaches the last sampled frame. An empty or inverted span is widened to
+    its first frame; indices are clipped to the real frames.
 
     Returns a list of ``{"sted": [s, e), "boxes": {frame_id: [x1, y1, x2, y2]}, "score": float | None,
-    "frame_ids": [...]}`` with a box for every sampled frame inside the span (span rule in
-    :func:`span_to_frame_ids`). A frame where the model chose no proposal (``box_index == -1``: no real
+    "frame_ids": [...]}`` with a box for every sampled frame inside the span. A frame where the model chose no proposal (``box_index == -1``: no real
     proposal on it) takes the box of the nearest frame of the span that has one, or the whole frame when
     none has. ``score`` is the mean over the span of ``outputs.box_score`` (the fused z^S of the chosen
     proposals, Eq. 16) when the model gives it, else ``None``.
@@ -280,6 +289,7 @@ def post_process_grounding(outputs: Any, inputs: Mapping[str, Any]) -> list[dict
     box_score = _output_field(outputs, "box_score")
     if box_score is not None:
         box_score = torch.as_tensor(box_score).detach().cpu().float()
+    segment_ends = torch.as_tensor(inputs["segment_end"]).cpu().reshape(-1) if "segment_end" in inputs else None
     widths = torch.as_tensor(inputs["width"]).cpu().reshape(-1) if "width" in inputs else None
     heights = torch.as_tensor(inputs["height"]).cpu().reshape(-1) if "height" in inputs else None
     tubes = []
@@ -289,7 +299,8 @@ def post_process_grounding(outputs: Any, inputs: Mapping[str, Any]) -> list[dict
             raise ProcessorInputError(f"batch item {b} has no real frame")
         ids = frame_ids[b, :real].tolist()
         start, end = int(sted[b, 0]), int(sted[b, 1])
-        s_frame, e_frame = span_to_frame_ids(start, end, ids)
+        clip_end = int(segment_ends[b]) if segment_ends is not None else int(ids[-1]) + 1
+        s_frame, e_frame = span_to_frame_ids(ids, clip_end, start, end)
         lo = min(max(start, 0), real - 1)
         hi = min(max(end, lo + 1), real)
         chosen = [int(box_index[b, t]) for t in range(lo, hi)]
@@ -451,6 +462,7 @@ class StvgProcessor(ProcessorMixin):
         clip = {
             **{k: features[k] for k in VIDEO_FEATURE_KEYS},
             "frame_ids": decoded.frame_ids,
+            "segment": decoded.segment,  # post-processing maps a span reaching the last frame to its end
             "width": decoded.width,
             "height": decoded.height,
         }

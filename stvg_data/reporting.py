@@ -186,39 +186,55 @@ def plot_tubes(
 METRIC_COLUMNS = ("m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5")
 
 
-def format_table(rows: Mapping[str, Mapping[str, Any]], block: str = "overall") -> str:
-    """Plain-text table, one line per method: ``{name: metrics_dict}`` (metrics.json layout)."""
-    name_width = max(12, *(len(name) for name in rows))
-    lines = [f"{'method':<{name_width}}  " + "  ".join(f"{c:>9}" for c in METRIC_COLUMNS)]
-    lines.append("-" * len(lines[0]))
+def format_table(rows: Mapping[str, Mapping[str, Any] | Sequence[Mapping[str, Any]]], block: str = "overall") -> str:
+    """Plain-text table (percent), one line per method: ``{name: metrics}`` or ``{name: [metrics of each seed]}``
+    (metrics.json layout). Several runs print ``mean ± sample std (n)``."""
+    cells: dict[str, list[str]] = {}
     for name, metrics in rows.items():
-        values = metrics.get(block, metrics)
-        lines.append(
-            f"{name:<{name_width}}  " + "  ".join(f"{100 * float(values.get(c, float('nan'))):9.2f}" for c in METRIC_COLUMNS)
-        )
+        runs = [metrics] if isinstance(metrics, Mapping) else list(metrics)
+        values = np.array([[100 * float(run.get(block, run).get(c, float("nan"))) for c in METRIC_COLUMNS]
+                           for run in runs])  # (runs, columns)
+        if len(runs) == 1:
+            cells[name] = [f"{v:.2f}" for v in values[0]]
+        else:
+            mean, std = values.mean(axis=0), values.std(axis=0, ddof=1)
+            cells[name] = [f"{m:.2f} ± {d:.2f}" for m, d in zip(mean, std)]
+            cells[name].append(f"n={len(runs)}")
+    width = max([9] + [len(c) for row in cells.values() for c in row])
+    name_width = max(12, *(len(name) for name in rows))
+    lines = [f"{'method':<{name_width}}  " + "  ".join(f"{c:>{width}}" for c in METRIC_COLUMNS)]
+    lines.append("-" * len(lines[0]))
+    for name, row in cells.items():
+        lines.append(f"{name:<{name_width}}  " + "  ".join(f"{c:>{width}}" for c in row[:len(METRIC_COLUMNS)])
+                     + (f"  {row[-1]}" if len(row) > len(METRIC_COLUMNS) else ""))
     return "\n".join(lines)
 
 
-def compare_metrics_files(named_paths: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``["name=path/metrics.json", ...]`` -> ``{name: metrics}`` (in the given order)."""
-    rows: dict[str, dict[str, Any]] = {}
+def compare_metrics_files(named_paths: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """``["name=path/metrics.json", "name2=a/metrics.json,b/metrics.json", ...]`` -> ``{name: [metrics, ...]}``
+    (in the given order; comma-separated paths are runs of one method, e.g. seeds)."""
+    rows: dict[str, list[dict[str, Any]]] = {}
     for item in named_paths:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"expected NAME=METRICS_JSON, got {item!r}")
-        with open(path, encoding="utf-8") as stream:
-            rows[name] = json.load(stream)
+        name, sep, paths = item.partition("=")
+        if not sep or not name or not paths:
+            raise ValueError(f"expected NAME=METRICS_JSON[,METRICS_JSON...], got {item!r}")
+        runs = []
+        for path in paths.split(","):
+            with open(path, encoding="utf-8") as stream:
+                runs.append(json.load(stream))
+        rows[name] = runs
     return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m stvg_data.reporting NAME=metrics.json ... [--block overall] [--output table.md]``:
-    print one table row per method (percent), optionally write it to a file."""
+    """``python -m stvg_data.reporting NAME=metrics.json[,metrics.json...] ... [--block overall] [--output table.md]``:
+    print one table row per method (percent; mean ± std over several runs), optionally write it to a file."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m stvg_data.reporting",
                                      description="Compare metrics.json files in one table (percent).")
-    parser.add_argument("metrics", nargs="+", help="NAME=path/to/metrics.json")
+    parser.add_argument("metrics", nargs="+",
+                        help="NAME=path/to/metrics.json, or NAME=run1/metrics.json,run2/metrics.json for mean ± std")
     parser.add_argument("--block", default="overall", help="overall | declarative | interrogative")
     parser.add_argument("--output", type=Path, default=None, help="also write the table here")
     args = parser.parse_args(argv)

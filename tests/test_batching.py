@@ -199,3 +199,17 @@ def test_reporting_cli_compares_metrics_files(tmp_path, capsys):
     assert (tmp_path / "table.txt").read_text().strip() == printed.strip()
     with pytest.raises(ValueError, match="NAME=METRICS_JSON"):
         reporting_main(["no-equals-sign"])
+
+
+def test_reporting_aggregates_seeds_as_mean_and_sample_std(tmp_path, capsys):
+    from stvg_data.reporting import main as reporting_main
+
+    paths = []
+    for seed, m_viou in enumerate((0.30, 0.32, 0.34)):
+        path = tmp_path / f"s{seed}.json"
+        path.write_text(json.dumps({"overall": {"m_tIoU": 0.5, "m_vIoU": m_viou, "vIoU@0.3": 0.4, "vIoU@0.5": 0.1}}))
+        paths.append(str(path))
+    assert reporting_main([f"full={','.join(paths)}"]) == 0
+    row = capsys.readouterr().out.splitlines()[2]
+    # m_vIoU: mean 32.00, sample std of (30, 32, 34) = 2.00
+    assert "32.00 ± 2.00" in row and "50.00 ± 0.00" in row and row.endswith("n=3")

@@ -246,3 +246,19 @@ def test_video_index_and_report_merge(tmp_path: Path) -> None:
     assert data["skipped"]["video_missing"]["count"] == 3 and data["skipped"]["video_missing"]["clips"] == 3
     assert len(data["skipped"]["video_missing"]["examples"]) == 2 and data["stats"] == {"x": 1}
     assert not (tmp_path / STATE_DIR).exists()
+
+
+def test_help_prints_the_full_help_and_exits_0(repo_root: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = str(repo_root / "dataset_scripts" / "extract.py")
+    for flag in ("--help", "-h"):
+        result = subprocess.run([sys.executable, script, flag], capture_output=True, text=True, cwd=repo_root,
+                                env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("usage: extract.py") and "{vidstg,hcstvg}" in result.stdout
+        assert "Feature extraction at scale" in result.stdout and "extract.py vidstg --help" in result.stdout
+    # real errors keep the short usage on stderr and exit code 2
+    for argv in ([], ["bogus"]):
+        result = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, cwd=repo_root,
+                                env=env, timeout=120)
+        assert result.returncode == 2 and result.stderr.startswith("usage: extract.py") and not result.stdout

@@ -146,6 +146,9 @@ def test_build_model_inputs_shapes_and_padding():
     assert not batch["region_mask"][1, :, 2:].any() and not batch["region_mask"][0, 3:].any()
     assert batch["frame_mask"].tolist() == [[True] * 3 + [False] * 2, [True] * 5]
     assert batch["frame_ids"][0].tolist() == [10, 16, 22, -1, -1]
+    assert batch["segment_end"].tolist() == [23, 35]  # no `segment`: one past the last sampled frame
+    with_segment = build_model_inputs([{**videos[0], "segment": [10, 27]}], rows[:1], tokenizer)
+    assert with_segment["segment_end"].tolist() == [27]
     assert batch["entity_mask"].tolist() == [[True, True, True], [True, True, False]]
     assert batch["relation_entities"][0].tolist() == [[0, 1], [0, 2]]
     assert batch["relation_mask"].tolist() == [[True, True], [True, False]]
@@ -172,6 +175,7 @@ def test_processor_outputs_exact_model_keys(processor):
     assert set(inputs.keys()) == set(MODEL_INPUT_KEYS) | set(POSTPROCESS_KEYS)
     assert inputs["region_features"].shape == (1, 4, 5, processor.feature_extractor.region_dim)
     assert inputs["frame_ids"].tolist() == [[0, 1, 2, 3]]
+    assert inputs["segment_end"].tolist() == [4]  # the decoded segment: all 4 frames
     assert inputs["width"].tolist() == [64] and inputs["height"].tolist() == [48]
     np.testing.assert_allclose(inputs["pixel_boxes"][0].numpy(), given_boxes(4))
     np.testing.assert_allclose(inputs["region_boxes"][0, 0, 1].numpy(), [2 / 64, 3 / 48, 24 / 64, 32 / 48], rtol=1e-6)
@@ -199,6 +203,7 @@ def test_processor_save_load_round_trip(processor, clip_path, tmp_path):
     first = processor(video=str(clip_path), text=PARSED, segment=(0, 15), boxes=boxes)
     second = loaded(video=str(clip_path), text=PARSED, segment=(0, 15), boxes=boxes)
     assert first["frame_ids"].tolist() == [[0, 6, 12]]
+    assert first["segment_end"].tolist() == [15]  # the end of segment=(0, 15), not frame 12 + 1
     assert set(first.keys()) == set(second.keys())
     for key in first:
         assert torch.equal(first[key], second[key]), key
@@ -224,12 +229,16 @@ def test_processor_bad_inputs(processor, tmp_path):
 # ------------------------------------------------------------------------------------ post-processing
 
 
-def test_span_rule():
+def test_span_rule_is_the_evaluation_rule():
+    from stvg_data import inference
+
+    assert span_to_frame_ids is inference.span_to_frame_ids  # one home for the rule
     ids = [10, 16, 22, 28, 34]
-    assert span_to_frame_ids(1, 3, ids) == (16, 23)  # sampled frames 16 and 22; end one past the last
-    assert span_to_frame_ids(0, 5, ids) == (10, 35)
-    assert span_to_frame_ids(3, 3, ids) == (28, 29)  # empty span widened to its first frame
-    assert span_to_frame_ids(-2, 99, ids) == (10, 35)
+    assert span_to_frame_ids(ids, 40, 1, 3) == (16, 28)  # sampled frames 16 and 22 stand for 16..27
+    assert span_to_frame_ids(ids, 40, 0, 5) == (10, 40)  # reaches the last sampled frame: segment end
+    assert span_to_frame_ids(ids, 40, 3, 3) == (28, 34)  # empty span widened to its first frame
+    assert span_to_frame_ids(ids, 40, -2, 99) == (10, 40)
+    assert span_to_frame_ids(ids, 0, 4, 5) == (34, 35)  # a segment end before the last frame is not used
 
 
 def test_post_process_grounding_maps_to_frame_ids_and_pixels():
@@ -246,7 +255,10 @@ def test_post_process_grounding_maps_to_frame_ids_and_pixels():
         "box_score": torch.tensor([[0.9, 0.5, 0.0, 0.7, 0.0]]),
     }
     (tube,) = post_process_grounding(outputs, inputs)
-    assert tube["sted"] == [16, 29]
+    assert tube["sted"] == [16, 29]  # no `segment_end`: the clip ends one past its last sampled frame
+    assert post_process_grounding(outputs, {**inputs, "segment_end": torch.tensor([33])})[0]["sted"] == [16, 33]
+    inside = post_process_grounding({**outputs, "sted": torch.tensor([[1, 3]])}, inputs)[0]
+    assert inside["sted"] == [16, 28] and list(inside["boxes"]) == [16, 22]  # up to the next sampled frame
     assert list(tube["boxes"]) == [16, 22, 28]
     assert tube["boxes"][16] == inputs["pixel_boxes"][0, 1, 1].tolist()
     # frame 22 has no chosen proposal: it takes the nearest frame's box (16 and 28 tie -> earlier)
@@ -288,9 +300,10 @@ def checkpoint(processor, tmp_path_factory) -> Path:
     return out
 
 
-def _check_tube(record, frame_ids, width, height):
+def _check_tube(record, frame_ids, width, height, segment_end):
     start, end = record["sted"]
-    assert frame_ids[0] <= start < end <= frame_ids[-1] + 1
+    assert frame_ids[0] <= start < end <= segment_end
+    assert end in frame_ids[1:] or end == segment_end  # the span rule of stvg_data.inference
     inside = [f for f in frame_ids if start <= f < end]
     assert sorted(int(k) for k in record["boxes"]) == inside
     for box in record["boxes"].values():
@@ -312,7 +325,11 @@ def test_end_to_end_real_clip(checkpoint, clip_path, tmp_path):
     save_tube_json([tube], tmp_path / "tube.json", query_ids=["demo"])
     (record,) = json.loads((tmp_path / "tube.json").read_text())
     assert record["query_id"] == "demo"
-    _check_tube(record, decoded.frame_ids, decoded.width, decoded.height)
+    assert inputs["segment_end"].tolist() == [decoded.segment[1]] == [100]
+    _check_tube(record, decoded.frame_ids, decoded.width, decoded.height, decoded.segment[1])
+    for sted, expected in (([0, 3], [84, 100]), ([0, 2], [84, 96])):
+        (span,) = processor.post_process_grounding({**outputs, "sted": torch.tensor([sted])}, inputs)
+        assert span["sted"] == expected
     for suffix in (".mp4", ".gif"):
         path = visualize_tube(decoded.frames, decoded.frame_ids, tube, tmp_path / f"vis{suffix}", label="a child")
         assert path.is_file() and path.stat().st_size > 0
@@ -333,7 +350,7 @@ def test_cli_end_to_end(checkpoint, clip_path, tmp_path, capsys):
     ])
     assert code == 0, capsys.readouterr().err
     (record,) = json.loads(out.read_text())
-    _check_tube(record, [84, 90, 96], 340, 256)
+    _check_tube(record, [84, 90, 96], 340, 256, 100)
     assert record["parse"]["entities"] == PARSED.entities
     assert vis.is_file() and vis.stat().st_size > 0
     # text needs stanza models, which are absent here: a clear error, exit code 2
@@ -361,4 +378,4 @@ def test_console_script(checkpoint, clip_path, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     (record,) = json.loads(out.read_text())
-    _check_tube(record, [84, 90, 96], 340, 256)
+    _check_tube(record, [84, 90, 96], 340, 256, 100)

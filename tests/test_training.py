@@ -246,3 +246,21 @@ def test_e_step_trains_only_q_phi_and_m_step_only_p_theta(dataset, tmp_path):
     trainer.run_pass("M", 1, None)
     assert not changed(q1, trainer.model.q_phi) and changed(p0, trainer.model.p_theta)
     trainer.accelerator.end_training()
+
+
+def test_mixed_precision_defaults_to_the_launchers_setting(monkeypatch):
+    """No --mixed-precision: the launcher's --mixed_precision (ACCELERATE_MIXED_PRECISION) applies; the flag,
+    when given, overrides it."""
+    from accelerate import Accelerator
+
+    parser = ta.build_parser()
+    base = ["--dataset", "d", "--output-dir", "o"]
+    args = parser.parse_args(base)
+    assert args.mixed_precision is None and ta.accelerator_options(args) == {}
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch --mixed_precision bf16` sets
+    assert Accelerator(**ta.accelerator_options(args), cpu=True).mixed_precision == "bf16"
+    reset_accelerate_state()
+    explicit = parser.parse_args([*base, "--mixed-precision", "no"])
+    assert Accelerator(**ta.accelerator_options(explicit), cpu=True).mixed_precision == "no"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--mixed-precision", "fp32"])
