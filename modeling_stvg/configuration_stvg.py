@@ -54,8 +54,6 @@ class StvgConfig(PreTrainedConfig):
             scaled by z^T_t (Eq. 13 as written), or "pooled" = one vector per relation, sum_t z^T_t h^r_t with z^T
             normalised over t; the decoder then sees only what the temporal assignment selects, so reconstruction
             pushes z^T onto the frames that show the relation.
-        reconstruction_frame_context: add each frame's mean region context state to h^r_t (Eq. 14), so the decoder
-            also reads the whole scene on the frames z^T selects (our option; Eq. 14 uses the entities only).
         objective: "both" (paper), "contrastive" (ablation: q_phi with L_contra only; inference uses q_phi only),
             "reconstruction" (ablation: no L_contra).
         gather_negatives: gather the sentences of all processes as InfoNCE negatives when torch.distributed is
@@ -99,7 +97,6 @@ class StvgConfig(PreTrainedConfig):
     box_motion: bool = True
     temporal_context: str = "frames_and_regions"
     reconstruction_memory: str = "frames"
-    reconstruction_frame_context: bool = False
     objective: str = "both"
     gather_negatives: bool = True
     contrastive_loss_weight: float | int = 1.0

@@ -1022,7 +1022,6 @@ class StvgPosteriorNetwork(StvgNetwork):
         self.relation_subject = nn.Linear(dim, dim)
         self.relation_object = nn.Linear(dim, dim)
         self.relation_projection = nn.Linear(2 * dim, dim)  # W_r, b_r of Eq. 14
-        self.scene_projection = nn.Linear(dim, dim, bias=False) if config.reconstruction_frame_context else None
         self.decoder = StvgRelationDecoder(config)
 
     def relation_tokens(self, entities: Tensor, relation_token_ids: Tensor, relation_entities: Tensor,
@@ -1043,18 +1042,14 @@ class StvgPosteriorNetwork(StvgNetwork):
                               frame_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Eq. 13-15 with a given assignment -> (logits (B,K,L+1,V), labels (B,K,L+1), -100 = ignore)."""
         cfg = self.config
-        weights = temporal_assignment
         if cfg.reconstruction_memory == "pooled":
             weights = normalise_over_time(temporal_assignment, frame_mask)  # (B,T), sums to 1 over real frames
-        entity_features = entity_video_features(video_states, spatial_assignment, weights)  # (B,T,N,D)
-        memory = relation_features(entity_features, relation_entities, self.relation_projection)  # (B,K,T,D)
-        if cfg.reconstruction_frame_context:
-            tube_mask = spatial_assignment.sum(dim=2) > 0  # (B,T,M): real regions carry assignment mass
-            scene = masked_mean(video_states, tube_mask, dim=2) * weights.to(video_states.dtype)[..., None]  # (B,T,D)
-            memory = memory + self.scene_projection(scene)[:, None]  # (B,K,T,D)
-        if cfg.reconstruction_memory == "pooled":
-            memory = memory.sum(dim=2, keepdim=True)  # (B,K,1,D): sum_t z~_t h^r_t
+            entity_features = entity_video_features(video_states, spatial_assignment, weights)  # (B,T,N,D)
+            entity_features = entity_features.sum(dim=1, keepdim=True)  # (B,1,N,D): sum_t z~_t z^S_t V_t
             frame_mask = frame_mask.new_ones(frame_mask.shape[0], 1)  # (B,1)
+        else:
+            entity_features = entity_video_features(video_states, spatial_assignment, temporal_assignment)  # (B,T,N,D)
+        memory = relation_features(entity_features, relation_entities, self.relation_projection)  # (B,K,T or 1,D)
         batch, relations, frames, dim = memory.shape
         input_ids, labels, input_mask = build_reconstruction_targets(
             relation_token_ids, cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id
