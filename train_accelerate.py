@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--eval-split", default="test", help="evaluated after training ('none' to skip)")
     data.add_argument("--validation-split", default=None,
                       help="evaluated after every epoch (logged as eval/...; e.g. 'validation'); default: none")
+    data.add_argument("--temporal-only", action="store_true",
+                      help="evaluate time spans only (m_tIoU; vIoU null), as evaluate_stvg.py --temporal-only; "
+                           "needed when an --eval-split/--validation-split has no ground-truth boxes")
     data.add_argument("--max-train-queries", type=int, default=None, help="use the first N training queries")
     data.add_argument("--max-eval-queries", type=int, default=None, help="evaluate the first N queries only")
     data.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per process")
@@ -171,7 +174,8 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def load_training_data(args: argparse.Namespace) -> dict[str, Any]:
     """Load and check everything before training starts: the train split (ground truth dropped),
-    its usable relations, the evaluation splits' existence, the tokenizer. Raises
+    its usable relations, the evaluation splits' existence and (unless ``--temporal-only``) their
+    ground-truth boxes, the tokenizer. Raises
     :class:`TrainingInputError` with the fix."""
     from processing_stvg.tokenization_stvg import build_word_tokenizer
     from stvg_data.batching import (
@@ -207,6 +211,7 @@ def load_training_data(args: argparse.Namespace) -> dict[str, Any]:
         raise TrainingInputError(f"--dataset {dataset!r} was converted with --no-features; extract features first")
     try:
         train = load_stvg_split(dataset, args.train_split)
+        check_evaluation_splits(args, dataset)
     except DatasetSchemaError as error:
         raise TrainingInputError(f"--dataset {dataset!r}: {error}") from error
     queries = drop_ground_truth(train.queries)  # weak supervision: gt_* never reach the trainer
@@ -223,6 +228,24 @@ def load_training_data(args: argparse.Namespace) -> dict[str, Any]:
         )
     tokenizer = build_word_tokenizer(tokenizer_corpus(queries))
     return {"metadata": metadata, "splits": splits, "train": train, "train_queries": queries, "tokenizer": tokenizer}
+
+
+def check_evaluation_splits(args: argparse.Namespace, dataset: str) -> None:
+    """Without ``--temporal-only``, every split evaluated during or after training must carry ground-truth
+    boxes (a VidSTG build without VidOR boxes has none): refuse before training rather than fail in the
+    export. Only the evaluator's helper reads the split's ``gt_frame_ids``; nothing reaches the trainer."""
+    if args.temporal_only:
+        return
+    from stvg_data.dataset_folder import load_stvg_split
+    from stvg_data.evaluation import split_has_gt_boxes
+
+    for flag, split in (("--eval-split", args.eval_split), ("--validation-split", args.validation_split)):
+        if split and split != "none" and not split_has_gt_boxes(load_stvg_split(dataset, split)):
+            raise TrainingInputError(
+                f"{flag} {split!r}: its queries carry no ground-truth boxes (empty gt_boxes: was the dataset "
+                "converted without VidOR box annotations?), so vIoU cannot be computed; pass --temporal-only "
+                f"(m_tIoU only), or {flag} none"
+            )
 
 
 def dataset_dims(train: Any) -> dict[str, int]:
@@ -527,7 +550,7 @@ class EMTrainer:
                                 metadata=split.metadata)
         predictions = predict_split(self.model, self.tokenizer, split, batch_size=self.args.eval_batch_size,
                                     device=self.accelerator.device, progress=not self.args.no_progress)
-        return evaluate(split, predictions), predictions
+        return evaluate(split, predictions, temporal_only=self.args.temporal_only), predictions
 
     def train(self) -> bool:
         """Run the remaining epochs. Returns False when stopped early by ``--stop-after-epochs``."""
@@ -553,7 +576,8 @@ class EMTrainer:
             if self.validation is not None:
                 if accelerator.is_main_process:
                     metrics, _ = self.evaluate_split(self.validation, args.max_eval_queries)
-                    record.update({f"eval/{k}": v for k, v in metrics["overall"].items() if k != "num_queries"})
+                    record.update({f"eval/{k}": v for k, v in metrics["overall"].items()
+                                   if k != "num_queries" and v is not None})  # vIoU is None with --temporal-only
                     if accelerator.trackers:
                         accelerator.log({k: v for k, v in record.items() if k.startswith("eval/")},
                                         step=self.state["global_step"])
@@ -728,7 +752,8 @@ def export(trainer: EMTrainer, argv: Sequence[str]) -> dict[str, Any] | None:
             save_metrics(metrics, output_dir / "metrics.json")
             write_json_atomic(predictions, output_dir / "predictions.json")
             trainer.logger.write({"step": trainer.state["global_step"], "epoch": trainer.state["epoch"],
-                                  **{f"test/{k}": v for k, v in metrics["overall"].items() if k != "num_queries"}})
+                                  **{f"test/{k}": v for k, v in metrics["overall"].items()
+                                     if k != "num_queries" and v is not None}})
             accelerator.print(f"{args.eval_split}: {metrics['num_queries']} queries")
             accelerator.print(format_metrics_table(metrics))
         card = model_card(args, argv, trainer.data, trainer.config, metrics, trainer.state,

@@ -390,6 +390,15 @@ class GroundTruth:
         return any(len(row["gt_frame_ids"]) for row in self.queries)
 
 
+def split_has_gt_boxes(split: Any) -> bool:
+    """Whether any query of ``split`` (``StvgSplit`` or :class:`GroundTruth`) carries a ground-truth box,
+    i.e. whether :func:`evaluate` can compute vIoU without ``temporal_only``. Reads only ``gt_frame_ids``,
+    so a caller (the trainer) can check an evaluation split before any training step."""
+    if isinstance(split, GroundTruth):
+        return split.has_boxes
+    return any(len(frames) for frames in split.queries["gt_frame_ids"])
+
+
 def _ground_truth(split_or_gt: Any) -> GroundTruth:
     return split_or_gt if isinstance(split_or_gt, GroundTruth) else GroundTruth.from_split(split_or_gt)
 

@@ -170,6 +170,70 @@ def test_reference_run_is_a_valid_feature_dataset(reference: Path) -> None:
     assert len(list((reference / STATE_DIR).glob("videos-validation-*.json"))) == 10
 
 
+def test_extracted_dataset_feeds_training_and_evaluation(reference: Path, tmp_path: Path, capsys) -> None:
+    """The extracted folder loads with ``datasets.load_dataset(folder, config)`` and feeds
+    ``train_accelerate.py`` and ``evaluate_stvg.py`` unchanged (tiny model, one epoch)."""
+    import datasets
+    from _training_data import reset_accelerate_state
+
+    import evaluate_stvg
+    import train_accelerate
+    from stvg_data.schema import QUERY_FEATURES
+
+    split = "validation"  # VidSTG's val annotations become the folder's only split
+    meta = load_stvg_split(reference, split).metadata
+    # A private cache: datasets caches a folder loaded by path under its basename and YAML only.
+    cache = str(tmp_path / "hf_cache")
+    queries = datasets.load_dataset(str(reference), "queries", split=split, cache_dir=cache)
+    videos = datasets.load_dataset(str(reference), "videos", split=split, cache_dir=cache)
+    assert queries.features == QUERY_FEATURES and queries.num_rows == 18
+    assert videos.features == video_features(NUM_REGIONS, meta["region_dim"], meta["frame_dim"])
+    assert videos.num_rows == 9 and set(queries["video_id"]) == set(videos["video_id"])
+    # Built without VidOR annotations: time spans but no ground-truth boxes, so only m_tIoU is defined.
+    assert meta["gt_boxes_available"] is False and not any(queries["gt_boxes"])
+
+    out = tmp_path / "model"
+    # The only split is both the training and the evaluation split: training reads video-sentence pairs
+    # only (gt_* dropped), so this is fine for a plumbing test.
+    args = ["--dataset", str(reference), "--output-dir", str(out), "--train-split", split, "--eval-split", split,
+            "--epochs", "1", "--batch-size", "4", "--eval-batch-size", "8", "--seed", "3", "--hidden-size", "32",
+            "--num-attention-heads", "2", "--num-layers", "1", "--intermediate-size", "64",
+            "--word-embedding-dim", "16", "--report-to", "none", "--no-progress", "--no-plots"]
+    reset_accelerate_state()  # the reference fixture's extraction built an Accelerator in this process
+    try:
+        # Evaluating a split without GT boxes needs --temporal-only: refused before any training step.
+        with pytest.raises(train_accelerate.TrainingInputError, match="no ground-truth boxes.*--temporal-only"):
+            train_accelerate.run(args)
+        assert not out.exists()
+        metrics = train_accelerate.run([*args, "--temporal-only"])
+    finally:
+        reset_accelerate_state()
+    assert metrics["protocol"] == "tubedetr" and metrics["temporal_only"] is True
+    assert metrics["split"] == split and metrics["num_queries"] == 18
+    for block in ("overall", "declarative", "interrogative"):
+        assert set(metrics[block]) == {"m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5", "num_queries"}
+        assert 0.0 <= metrics[block]["m_tIoU"] <= 1.0
+        assert metrics[block]["m_vIoU"] is None and metrics[block]["vIoU@0.5"] is None
+    assert json.loads((out / "metrics.json").read_text())["overall"] == metrics["overall"]
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "predictions.json"):
+        assert (out / name).is_file(), name
+
+    evaluation = tmp_path / "eval"
+    eval_args = ["--dataset", str(reference), "--split", split, "--output-dir", str(evaluation), "--model", str(out),
+                 "--device", "cpu", "--no-progress"]
+    assert evaluate_stvg.main(eval_args) == 2  # no GT boxes: refused without --temporal-only
+    assert "--temporal-only" in capsys.readouterr().err and not (evaluation / "predictions.json").exists()
+    assert evaluate_stvg.main([*eval_args, "--temporal-only"]) == 0
+    records = json.loads((evaluation / "predictions.json").read_text())
+    assert sorted(r["query_id"] for r in records) == sorted(queries["query_id"])
+    for record in records:
+        assert set(record) == {"query_id", "sted", "boxes"} and record["sted"][0] < record["sted"][1]
+    by_id = lambda rs: sorted(rs, key=lambda r: r["query_id"])  # noqa: E731
+    assert by_id(records) == by_id(json.loads((out / "predictions.json").read_text()))  # same model, same tubes
+    evaluated = json.loads((evaluation / "metrics.json").read_text())
+    assert evaluated["overall"] == pytest.approx(metrics["overall"])
+
+
 def test_two_processes_killed_and_resumed_equal_one_run(inputs, reference, repo_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "ds"
     args = common_args(inputs, out)
