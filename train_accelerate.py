@@ -122,8 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what the Eq. 7 temporal head reads (StvgConfig.temporal_context); default: the config's")
     method.add_argument("--box-motion", choices=("on", "off"), default=None,
                         help="tube motion in the box embedding (StvgConfig.box_motion); default: the config's")
-    method.add_argument("--relation-geometry", choices=("on", "off"), default=None,
-                        help="subject/object layout and motion in the relation memory (StvgConfig.relation_geometry)")
     method.add_argument("--hidden-size", type=int, default=None, help="default: model config (256)")
     method.add_argument("--num-attention-heads", type=int, default=None)
     method.add_argument("--num-layers", type=int, default=None,
@@ -268,7 +266,6 @@ def build_config(args: argparse.Namespace, vocab_size: int, dims: dict[str, int]
         "reconstruction_memory": args.reconstruction_memory,
         "temporal_context": args.temporal_context,
         "box_motion": None if args.box_motion is None else args.box_motion == "on",
-        "relation_geometry": None if args.relation_geometry is None else args.relation_geometry == "on",
         "hidden_size": args.hidden_size,
         "num_attention_heads": args.num_attention_heads,
         "intermediate_size": args.intermediate_size,

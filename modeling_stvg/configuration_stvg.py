@@ -54,9 +54,6 @@ class StvgConfig(PreTrainedConfig):
             scaled by z^T_t (Eq. 13 as written), or "pooled" = one vector per relation, sum_t z^T_t h^r_t with z^T
             normalised over t; the decoder then sees only what the temporal assignment selects, so reconstruction
             pushes z^T onto the frames that show the relation.
-        relation_geometry: add the assignment-weighted geometry of subject and object on each frame (offset,
-            distance and their change, both centres' motion) to h^r_t of Eq. 14, so the decoder sees the
-            relation's layout and motion directly (our option; Eq. 14 reads the region states only).
         objective: "both" (paper), "contrastive" (ablation: q_phi with L_contra only; inference uses q_phi only),
             "reconstruction" (ablation: no L_contra).
         gather_negatives: gather the sentences of all processes as InfoNCE negatives when torch.distributed is
@@ -100,7 +97,6 @@ class StvgConfig(PreTrainedConfig):
     box_motion: bool = True
     temporal_context: str = "frames_and_regions"
     reconstruction_memory: str = "frames"
-    relation_geometry: bool = False
     objective: str = "both"
     gather_negatives: bool = True
     contrastive_loss_weight: float | int = 1.0

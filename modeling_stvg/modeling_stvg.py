@@ -705,37 +705,6 @@ def relation_features(entity_features: Tensor, relation_entities: Tensor, projec
     return projection(torch.cat([h_subject, h_object], dim=-1))  # (B,K,T,D)
 
 
-RELATION_GEOMETRY_DIM = 10
-
-
-def relation_geometry(tube_boxes: Tensor, spatial_assignment: Tensor, relation_entities: Tensor, frame_mask: Tensor,
-                      motion_scale: float = 10.0) -> Tensor:
-    """Per-frame layout of each relation's subject and object from the assignment-weighted boxes (differentiable in
-    z^S): object-minus-subject centre offset (2) and distance (1), their change to the next frame (3, x motion_scale),
-    and the subject's and object's centre motion (4, x motion_scale); object -1 -> zeros.
-
-    tube_boxes (B,T,M,4), spatial_assignment (B,T,N,M), relation_entities (B,K,2), frame_mask (B,T) -> (B,K,T,10).
-    """
-    centres = 0.5 * (tube_boxes[..., :2] + tube_boxes[..., 2:])  # (B,T,M,2)
-    entity_centres = torch.einsum("btnm,btmc->bntc", spatial_assignment.to(centres.dtype), centres)  # (B,N,T,2)
-    batch, _, frames, _ = entity_centres.shape
-    relations = relation_entities.shape[1]
-    index = (batch, relations, frames, 2)
-    subject = entity_centres.gather(1, relation_entities[..., 0].clamp_min(0)[:, :, None, None].expand(index))
-    obj = entity_centres.gather(1, relation_entities[..., 1].clamp_min(0)[:, :, None, None].expand(index))
-    has_object = (relation_entities[..., 1] >= 0)[:, :, None, None].to(centres.dtype)  # (B,K,1,1)
-    offset = (obj - subject) * has_object  # (B,K,T,2)
-    distance = offset.norm(dim=-1, keepdim=True)  # (B,K,T,1)
-    layout = torch.cat([offset, distance], dim=-1)  # (B,K,T,3)
-    both_real = (frame_mask[:, 1:] & frame_mask[:, :-1])[:, None, :, None].to(centres.dtype)  # (B,1,T-1,1)
-
-    def step(values: Tensor) -> Tensor:  # change to the next frame, 0 on the last/padded frames -> (B,K,T,C)
-        return F.pad((values[:, :, 1:] - values[:, :, :-1]) * both_real, (0, 0, 0, 1)) * motion_scale
-
-    motion = torch.cat([step(layout), step(subject), step(obj) * has_object], dim=-1)  # (B,K,T,7)
-    return torch.cat([layout, motion], dim=-1) * frame_mask[:, None, :, None].to(centres.dtype)
-
-
 def build_reconstruction_targets(relation_token_ids: Tensor, bos_id: int, eos_id: int,
                                  pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
     """Teacher-forcing pairs for Eq. 15: decoder input [BOS, w_1..w_L] and labels [w_1..w_L, EOS] (pad -> -100).
@@ -985,7 +954,7 @@ class StvgNetwork(nn.Module):
         if compute_reconstruction:
             self._reconstruct(
                 output, relation_token_ids, relation_entities, relation_mask, frame_mask,
-                reconstruction_spatial_assignment, reconstruction_temporal_assignment, tube_boxes,
+                reconstruction_spatial_assignment, reconstruction_temporal_assignment,
             )
         return output
 
@@ -1031,7 +1000,7 @@ class StvgNetwork(nn.Module):
 
     def _reconstruct(self, output: StvgNetworkOutput, relation_token_ids: Tensor, relation_entities: Tensor,
                      relation_mask: Tensor, frame_mask: Tensor, spatial_override: Tensor | None,
-                     temporal_override: Tensor | None, tube_boxes: Tensor) -> None:
+                     temporal_override: Tensor | None) -> None:
         raise ValueError(f"{type(self).__name__} has no reconstruction decoder; use p_theta.")
 
 
@@ -1053,7 +1022,6 @@ class StvgPosteriorNetwork(StvgNetwork):
         self.relation_subject = nn.Linear(dim, dim)
         self.relation_object = nn.Linear(dim, dim)
         self.relation_projection = nn.Linear(2 * dim, dim)  # W_r, b_r of Eq. 14
-        self.geometry_projection = nn.Linear(RELATION_GEOMETRY_DIM, dim, bias=False) if config.relation_geometry else None
         self.decoder = StvgRelationDecoder(config)
 
     def relation_tokens(self, entities: Tensor, relation_token_ids: Tensor, relation_entities: Tensor,
@@ -1071,28 +1039,17 @@ class StvgPosteriorNetwork(StvgNetwork):
 
     def reconstruction_logits(self, video_states: Tensor, spatial_assignment: Tensor, temporal_assignment: Tensor,
                               relation_token_ids: Tensor, relation_entities: Tensor, relation_mask: Tensor,
-                              frame_mask: Tensor, tube_boxes: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Eq. 13-15 with a given assignment -> (logits (B,K,L+1,V), labels (B,K,L+1), -100 = ignore).
-        ``tube_boxes`` (B,T,M,4) is needed when ``config.relation_geometry``."""
+                              frame_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Eq. 13-15 with a given assignment -> (logits (B,K,L+1,V), labels (B,K,L+1), -100 = ignore)."""
         cfg = self.config
-        geometry = None
-        if cfg.relation_geometry:
-            if tube_boxes is None:
-                raise ValueError("config.relation_geometry needs tube_boxes in reconstruction_logits.")
-            geometry = relation_geometry(tube_boxes, spatial_assignment, relation_entities, frame_mask)  # (B,K,T,10)
-        weights = temporal_assignment  # (B,T)
         if cfg.reconstruction_memory == "pooled":
             weights = normalise_over_time(temporal_assignment, frame_mask)  # (B,T), sums to 1 over real frames
-        entity_features = entity_video_features(video_states, spatial_assignment, weights)  # (B,T,N,D)
-        if geometry is not None:
-            geometry = geometry * weights.to(geometry.dtype)[:, None, :, None]  # (B,K,T,10), weighted like H_t
-        if cfg.reconstruction_memory == "pooled":
+            entity_features = entity_video_features(video_states, spatial_assignment, weights)  # (B,T,N,D)
             entity_features = entity_features.sum(dim=1, keepdim=True)  # (B,1,N,D): sum_t z~_t z^S_t V_t
-            geometry = None if geometry is None else geometry.sum(dim=2, keepdim=True)  # (B,K,1,10)
             frame_mask = frame_mask.new_ones(frame_mask.shape[0], 1)  # (B,1)
+        else:
+            entity_features = entity_video_features(video_states, spatial_assignment, temporal_assignment)  # (B,T,N,D)
         memory = relation_features(entity_features, relation_entities, self.relation_projection)  # (B,K,T or 1,D)
-        if geometry is not None:
-            memory = memory + self.geometry_projection(geometry.to(memory.dtype))  # (B,K,T or 1,D)
         batch, relations, frames, dim = memory.shape
         input_ids, labels, input_mask = build_reconstruction_targets(
             relation_token_ids, cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id
@@ -1109,14 +1066,14 @@ class StvgPosteriorNetwork(StvgNetwork):
 
     def _reconstruct(self, output: StvgNetworkOutput, relation_token_ids: Tensor, relation_entities: Tensor,
                      relation_mask: Tensor, frame_mask: Tensor, spatial_override: Tensor | None,
-                     temporal_override: Tensor | None, tube_boxes: Tensor) -> None:
+                     temporal_override: Tensor | None) -> None:
         if (spatial_override is None) != (temporal_override is None):
             raise ValueError("pass both reconstruction_spatial_assignment and reconstruction_temporal_assignment.")
         z_spatial = output.spatial_assignment if spatial_override is None else spatial_override
         z_temporal = output.temporal_assignment if temporal_override is None else temporal_override
         logits, labels = self.reconstruction_logits(
             output.video_states, z_spatial, z_temporal, relation_token_ids, relation_entities, relation_mask,
-            frame_mask, tube_boxes=tube_boxes,
+            frame_mask,
         )
         output.reconstruction_logits = logits
         output.reconstruction_labels = labels

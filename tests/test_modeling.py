@@ -35,7 +35,6 @@ from modeling_stvg.modeling_stvg import (  # noqa: E402
     build_reconstruction_targets,
     temporal_span,
     tube_linking_edge_scores,
-    relation_geometry,
     tube_motion,
 )
 
@@ -271,9 +270,8 @@ def _pad(inputs, extra_frames=2, extra_regions=2, extra_entities=1, extra_relati
 
 @pytest.mark.parametrize(
     "variant",
-    [{}, {"temporal_context": "frames", "box_motion": False}, {"reconstruction_memory": "pooled"},
-     {"relation_geometry": True}],
-    ids=["default", "paper-frame-context", "pooled-memory", "relation-geometry"],
+    [{}, {"temporal_context": "frames", "box_motion": False}, {"reconstruction_memory": "pooled"}],
+    ids=["default", "paper-frame-context", "pooled-memory"],
 )
 def test_padding_changes_no_real_output(variant):
     tester = StvgModelTester(**variant)
@@ -307,21 +305,6 @@ def test_tube_motion_is_the_centre_step_along_each_tube():
     expected_tube0 = torch.tensor([[0.0, 0.0, 0.1, 0.0], [0.1, 0.0, 0.0, 0.3], [0.0, 0.3, 0.0, 0.0]])
     torch.testing.assert_close(motion[0, :, 0], expected_tube0)
     assert torch.all(motion[0, :, 1] == 0), "a step touching a missing box must be zero"
-
-
-def test_relation_geometry_hand_case():
-    # 2 tubes, 2 frames: the subject (tube 0) moves right by 0.1 towards the static object (tube 1).
-    boxes = torch.tensor([[[0.1, 0.4, 0.3, 0.6], [0.5, 0.4, 0.7, 0.6]],
-                          [[0.2, 0.4, 0.4, 0.6], [0.5, 0.4, 0.7, 0.6]]])[None]  # (1,T=2,M=2,4)
-    one_hot = torch.eye(2)[None, None].expand(1, 2, 2, 2)  # entity i -> tube i on both frames, (B,T,N,M)
-    relations = torch.tensor([[[0, 1], [1, -1]]])  # "0 approaches 1", and a relation without object
-    geometry = relation_geometry(boxes, one_hot, relations, torch.ones(1, 2, dtype=torch.bool), motion_scale=1.0)
-    # frame 0: offset (0.4, 0), distance 0.4; change to frame 1: offset -0.1, distance -0.1; subject moves +0.1
-    expected = torch.tensor([0.4, 0.0, 0.4, -0.1, 0.0, -0.1, 0.1, 0.0, 0.0, 0.0])
-    torch.testing.assert_close(geometry[0, 0, 0], expected)
-    torch.testing.assert_close(geometry[0, 0, 1, :3], torch.tensor([0.3, 0.0, 0.3]))
-    assert torch.all(geometry[0, 0, 1, 3:] == 0), "no next frame: no motion"
-    assert torch.all(geometry[0, 1, :, :3] == 0), "no object: no layout"
 
 
 def test_box_index_is_in_original_proposal_order(tester):
