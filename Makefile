@@ -24,7 +24,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 # The demo: build the default synthetic benchmark, score the object-similarity baseline, train with EM
-# (small model, few epochs: ~10 minutes on 2 CPU cores), then print both rows in one table.
+# (small model, 4 epochs: ~4 minutes on 2 CPU cores after installation), then print both rows in one table.
 # Re-running reuses a finished build/baseline and starts training afresh.
 DEMO_TRAIN_ARGS ?= $(DEMO_MODEL_ARGS) --epochs 4 --learning-rate 1e-3 --seed $(DEMO_SEED)
 DEMO_MODEL_ARGS ?= --hidden-size 128 --num-attention-heads 4 --num-layers 1 --intermediate-size 256 --word-embedding-dim 64
