@@ -274,7 +274,7 @@ def card_description(plan: ConversionPlan, counts: Mapping[str, Mapping[str, int
                       "carry no visual meaning; this build only exercises the pipeline.", ""]
     else:
         lines += ["Features: none (`--no-features` build: the `videos` config holds clip metadata and sampled",
-                  "frame ids only; run `dataset_scripts/extract.py` with the videos to add them).", ""]
+                  f"frame ids only). {add_features_hint(plan.source)}", ""]
     skipped = plan.report.to_dict()["skipped"]
     lines += ["## Conversion", "", card.conventions.strip(), ""]
     if skipped:
@@ -287,6 +287,13 @@ def card_description(plan: ConversionPlan, counts: Mapping[str, Mapping[str, int
     lines += ["## Sources", "", card.sources.strip(), "", "## Licence", "", card.licence.strip(), ""]
     lines += ["## Citation", "", "```bibtex", card.citations.strip(), "```", ""]
     return "\n".join(lines)
+
+
+def add_features_hint(source: str) -> str:
+    """How to get features for a ``--no-features`` build (feature runs never reuse its shards)."""
+    script = f"dataset_scripts/{str(source).split('-')[0]}.py"
+    return (f"To add features, rerun `{script}` with the same options but `--videos DIR` in place of "
+            "`--no-features`, and a new `--output-dir` (or `--overwrite`, which deletes this build first).")
 
 
 def card_metadata(plan: ConversionPlan, counts, with_features: bool, num_regions: int, region_dim: int | None,
@@ -689,8 +696,9 @@ def _prepare_output(root: Path, plan: ConversionPlan, args: argparse.Namespace, 
             _clear_output(root)
     elif (root / VIDEO_CONFIG).is_dir() and any((root / VIDEO_CONFIG).glob("*.parquet")):
         if not args.overwrite:
-            raise ConversionError(f"{root} already holds videos shards not made by this tool's feature run; "
-                                  "use a new --output-dir or pass --overwrite")
+            raise ConversionError(f"{root} already holds videos shards not made by a feature run (e.g. a "
+                                  "--no-features build, whose shards a feature run cannot reuse); "
+                                  "use a new --output-dir or pass --overwrite to delete them")
         _clear_output(root)
     removed = remove_stale_temporaries(root)
     if removed:

@@ -1,6 +1,11 @@
 """A procedurally generated STVG benchmark (DESIGN section 5 layout), deterministic in ``--seed``.
 
     python dataset_scripts/synthetic.py --output-dir DIR --seed S [--num-train N --num-val N --num-test N ...]
+        [--overwrite] [--push-to-hub REPO_ID [--private] [--hub-token TOKEN]]
+
+``--output-dir`` must be new or empty; ``--overwrite`` replaces an earlier dataset folder there as a whole
+(the new build is written beside it and swapped in when finished, so no shard of the old one remains and a
+failed build leaves the old one untouched).
 
 What a clip is
 --------------
@@ -61,7 +66,10 @@ import argparse
 import dataclasses
 import json
 import math
+import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,13 +78,15 @@ from typing import Any
 import numpy as np
 
 try:  # running as ``python dataset_scripts/synthetic.py`` without the package installed
+    import dataset_scripts  # noqa: F401
     import stvg_data  # noqa: F401
 except ImportError:  # pragma: no cover - depends on how the repo is installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dataset_scripts.extract import REPORT_FILE, STATE_DIR, ConversionError, cli_main, push_to_hub
 from stvg_data.dataset_folder import DatasetFolderWriter, default_metadata, write_rows
 from stvg_data.protocol import sample_frame_ids
-from stvg_data.schema import QUERY_FEATURES, validate_query_row, validate_video_row, video_features
+from stvg_data.schema import QUERY_CONFIG, QUERY_FEATURES, VIDEO_CONFIG, validate_query_row, validate_video_row, video_features
 
 SPLITS = ("train", "validation", "test")
 
@@ -775,17 +785,73 @@ def generate_split(cfg: SyntheticConfig, split: str, num_queries: int, extractor
     return video_rows, query_rows, stats, ious
 
 
-def build_dataset(cfg: SyntheticConfig) -> dict[str, Any]:
-    """Generate all splits, write the contract folder, return the summary."""
+# What a dataset folder holds (this script's or a converter's): ``--overwrite`` replaces only such a folder.
+DATASET_ENTRIES = frozenset({"README.md", VIDEO_CONFIG, QUERY_CONFIG, REPORT_FILE, STATE_DIR})
+
+
+def check_output_dir(output_dir: str | Path, overwrite: bool = False) -> Path:
+    """``output_dir`` must be new or empty; with ``overwrite``, it may hold a dataset folder (and nothing else)."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ConversionError(f"--output-dir {str(path)!r} is a file, not a folder")
+    entries = sorted(entry.name for entry in path.iterdir()) if path.is_dir() else []
+    if entries and not overwrite:
+        raise ConversionError(
+            f"--output-dir {str(path)!r} is not empty ({', '.join(entries[:5])}): a rebuild into it could leave "
+            "shards of the old dataset behind; pass --overwrite to replace its dataset, or use a new --output-dir"
+        )
+    foreign = [name for name in entries
+               if name not in DATASET_ENTRIES and not (name.startswith(".") and name.endswith(".tmp"))]
+    if foreign:
+        raise ConversionError(
+            f"--output-dir {str(path)!r} holds {', '.join(foreign[:5])}, which are not part of a dataset folder; "
+            "--overwrite replaces whole dataset folders only: use a new --output-dir"
+        )
+    return path
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Replace ``target`` (if any) by the finished ``staging`` folder: two renames on one filesystem."""
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, old)  # a folder may replace an empty one
+    try:
+        os.rename(staging, target)
+    except OSError:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old)
+
+
+def build_dataset(cfg: SyntheticConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Generate all splits, write the contract folder, return the summary.
+
+    The folder is built beside ``cfg.output_dir`` and swapped in when finished (see ``check_output_dir``)."""
+    cfg.validate()
+    target = check_output_dir(cfg.output_dir, overwrite).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.building-{os.getpid()}-{time.time_ns()}"
+    staging.mkdir()  # the umask's mode, as a folder made in place would have (mkdtemp's is 0700)
+    try:
+        summary = _build_into(cfg, staging)
+        _swap_in(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return summary
+
+
+def _build_into(cfg: SyntheticConfig, folder: Path) -> dict[str, Any]:
     import torch
 
-    cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
     extractor = build_feature_extractor(cfg)
     features = video_features(cfg.num_regions, extractor.region_dim, extractor.frame_dim, with_features=True)
-    writer = DatasetFolderWriter(cfg.output_dir)
+    writer = DatasetFolderWriter(folder)
     summary: dict[str, Any] = {"splits": {}}
     all_stats = []
     all_ious: list[np.ndarray] = []
@@ -883,22 +949,40 @@ def _parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, nargs="+", type=kind, default=None, help=f"{help_text} (default {default})")
         else:
             parser.add_argument(flag, type=type(default), default=None, help=f"{help_text} (default {default})")
+    output = parser.add_argument_group("output (not generator settings)")
+    output.add_argument("--overwrite", action="store_true",
+                        help="replace the dataset folder already at --output-dir (default: refuse a non-empty folder)")
+    output.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the finished dataset")
+    output.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    output.add_argument("--hub-token", default=None, help="Hub token (default: the logged-in one)")
     return parser
 
 
-def config_from_args(argv: list[str] | None = None) -> SyntheticConfig:
+OUTPUT_OPTIONS = ("overwrite", "push_to_hub", "private", "hub_token")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[SyntheticConfig, dict[str, Any]]:
+    """The generator config and the output options (``OUTPUT_OPTIONS``)."""
     args = vars(_parser().parse_args(argv))
+    options = {name: args.pop(name) for name in OUTPUT_OPTIONS}
     values = dict(PRESETS[args["preset"]])
     values.update({k: v for k, v in args.items() if v is not None and not (isinstance(v, bool) and not v)})
-    return SyntheticConfig(**values)
+    return SyntheticConfig(**values), options
+
+
+def config_from_args(argv: list[str] | None = None) -> SyntheticConfig:
+    return parse_args(argv)[0]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = config_from_args(argv)
-    summary = build_dataset(cfg)
+    cfg, options = parse_args(argv)
+    summary = build_dataset(cfg, overwrite=options["overwrite"])
     print(format_summary(summary))
+    if options["push_to_hub"]:
+        push_to_hub(cfg.output_dir, options["push_to_hub"], token=options["hub_token"], private=options["private"])
+        print(f"pushed {cfg.output_dir} to the Hub dataset repo {options['push_to_hub']}", flush=True)
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli_main(main, None))

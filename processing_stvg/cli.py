@@ -6,7 +6,9 @@
 Writes ``tube.json``: a one-element predictions list (DESIGN sec. 6 format, plus ``score``,
 ``sentence`` and the parse used). ``--parsed`` takes an already-parsed sentence (JSON with entities,
 relations, target) instead of running stanza; ``--random-init-detector`` builds a random detector
-(tests and demos only: its boxes are meaningless).
+(tests and demos only: its boxes are meaningless). ``--detector-weights`` / ``--backbone-weights`` take
+local weight files (checkpoints whose features came from a ``timm`` backbone need the latter, unless its
+weights are in the Hugging Face cache).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, help="override the container's frame rate")
     p.add_argument("--parser-dir", help="local stanza model folder (default: the processor's setting)")
     p.add_argument("--detector-weights", help="local detector weights (.pth/.safetensors)")
+    p.add_argument("--backbone-weights", metavar="PATH",
+                   help="local weights of the checkpoint's timm backbone (.safetensors/.pth; default: the "
+                   "Hugging Face cache of its hub id)")
     p.add_argument("--random-init-detector", action="store_true",
                    help="use a random-initialised detector/backbone (tests only)")
     p.add_argument("--device", default=None, help="torch device for the model and feature extractor")
@@ -61,19 +66,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     import modeling_stvg  # noqa: F401  (registers StvgConfig / StvgModel)
     from processing_stvg import StvgProcessor
+    from processing_stvg.feature_extraction_stvg import MissingWeightsError
     from processing_stvg.parsing_stvg import ParsedSentence
     from processing_stvg.processing_stvg import tube_to_json
     from processing_stvg.visualization_stvg import visualize_tube
 
+    if args.backbone_weights and not Path(args.backbone_weights).is_file():
+        raise MissingWeightsError(f"--backbone-weights {args.backbone_weights!r} does not exist (or is not a file)")
     processor = StvgProcessor.from_pretrained(args.model)
+    extractor = processor.feature_extractor
     if args.parser_dir:
         processor.parser_dir = args.parser_dir
     if args.detector_weights:
-        processor.feature_extractor.detector_weights_path = args.detector_weights
+        extractor.detector_weights_path = args.detector_weights
     if args.random_init_detector:
-        processor.feature_extractor.random_init = True
+        extractor.random_init = True
+    if args.backbone_weights:
+        # The extractor loads them itself when it builds the backbone (timm: safetensors / weights-only .pth).
+        if extractor.uses_detector_backbone:
+            raise ValueError(f"--backbone-weights: the checkpoint's features come from the detector "
+                             f"({extractor.detector!r}), not a timm backbone; use --detector-weights")
+        if extractor.random_init:
+            raise ValueError("--backbone-weights has no effect on a random-initialised feature extractor "
+                             "(--random-init-detector, or a checkpoint saved with random_init=True)")
+        extractor.backbone_weights_path = str(args.backbone_weights)
     if args.device:
-        processor.feature_extractor.device = args.device
+        extractor.device = args.device
     model = AutoModel.from_pretrained(args.model).eval()
     if args.device:
         model = model.to(args.device)

@@ -26,7 +26,7 @@ from dataset_scripts.extract import (
     chunk_clips,
     shards_of_rank,
 )
-from stvg_data.dataset_folder import load_stvg_split
+from stvg_data.dataset_folder import load_stvg_split, read_card_metadata
 from stvg_data.schema import validate_video_row, video_features
 
 VIDEOS = {  # stem: (fps, frames, width, height), from shared/videos/SOURCE.md
@@ -268,6 +268,22 @@ def test_rerun_with_other_settings_is_refused(inputs, reference, tmp_path: Path,
     assert vidstg.main(changed) == 2
     assert "other settings" in capsys.readouterr().err
     assert (out / "README.md").is_file() and len(list((out / "videos").glob("*.parquet"))) == 9
+
+
+def test_no_features_card_names_the_feature_run_that_works(inputs, tmp_path: Path, capsys) -> None:
+    """The card of a --no-features build says how to add features, and the feature run into that same folder
+    refuses without --overwrite (its metadata-only shards are never reused), as the card says."""
+    out = tmp_path / "ds"
+    no_features = [a for a in common_args(inputs, out)[:6] if a not in ("--videos", str(inputs["videos"]))]
+    assert vidstg.main([*no_features, "--no-features"]) == 0
+    card = (out / "README.md").read_text()
+    assert "`dataset_scripts/vidstg.py`" in card and "`--videos DIR` in place of `--no-features`" in card
+    assert "new `--output-dir`" in card and "`--overwrite`" in card
+    capsys.readouterr()
+    assert vidstg.main(common_args(inputs, out)) == 2
+    err = capsys.readouterr().err
+    assert "--no-features build" in err and "new --output-dir or pass --overwrite" in err
+    assert read_card_metadata(out)["with_features"] is False  # left as it was
 
 
 def test_detector_weights_required_unless_random_init_is_asked(inputs, tmp_path: Path, capsys) -> None:

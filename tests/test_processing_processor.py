@@ -364,6 +364,93 @@ def test_cli_end_to_end(checkpoint, clip_path, tmp_path, capsys):
     assert code == 2 and "absent.mp4" in capsys.readouterr().err
 
 
+TIMM_BACKBONE = dict(backbone="test_resnet", feature_levels=[1, 2], detector="fasterrcnn_mobilenet_v3_large_320_fpn",
+                     detector_min_size=96, detector_max_size=160, num_regions=5, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def timm_checkpoint(tmp_path_factory) -> dict[str, Path]:
+    """A checkpoint whose features come from a (tiny) timm backbone with pretrained weights, as a user has it:
+    the weights are not in the checkpoint; the backbone's and the detector's weights are local files."""
+    import timm
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("timm_checkpoint")
+    torch.manual_seed(1234)  # not the extractor's seed: these weights differ from its random init
+    backbone = timm.create_model("test_resnet", pretrained=False)  # the classification checkpoint
+    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, root / "backbone.safetensors")
+    detector = tiny_feature_extractor(**{**TIMM_BACKBONE, "backbone": "detector"})._build_detector()
+    torch.save(detector.state_dict(), root / "detector.pth")
+    extractor = StvgFeatureExtractor(**TIMM_BACKBONE, backbone_weights_path=str(root / "backbone.safetensors"))
+    processor = StvgProcessor(StvgVideoProcessor(), extractor, build_word_tokenizer(CORPUS))
+    model = tiny_model(extractor.region_dim, len(processor.tokenizer.get_vocab()))
+    extractor.backbone_weights_path = None  # the saved processor names no weight file
+    out = root / "checkpoint"
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return {"checkpoint": out, "backbone": root / "backbone.safetensors", "detector": root / "detector.pth"}
+
+
+def test_cli_backbone_weights(timm_checkpoint, clip_path, tmp_path, capsys, monkeypatch):
+    from processing_stvg.cli import main
+
+    loaded = []
+    original = StvgProcessor.from_pretrained
+    monkeypatch.setattr(StvgProcessor, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: loaded.append(original(*a, **k)) or loaded[-1]))
+    common = ["--model", str(timm_checkpoint["checkpoint"]), "--video", str(clip_path),
+              "--parsed", json.dumps(PARSED.to_row()), "--segment", "84", "100",
+              "--detector-weights", str(timm_checkpoint["detector"])]
+    out = tmp_path / "tube.json"
+    code = main(common + ["--output", str(out), "--backbone-weights", str(timm_checkpoint["backbone"])])
+    assert code == 0, capsys.readouterr().err
+    (record,) = json.loads(out.read_text())
+    _check_tube(record, [84, 90, 96], 340, 256, 100)
+    used = loaded[-1].feature_extractor
+    assert used.backbone == "test_resnet" and not used.random_init
+    assert used.backbone_weights_path == str(timm_checkpoint["backbone"])
+    # the backbone that grounded holds the file's weights, not a random init
+    from safetensors.torch import load_file
+
+    saved = load_file(timm_checkpoint["backbone"])
+    state = used._timm_model.state_dict()
+    shared = [k for k in state if k in saved]
+    assert len(shared) >= 10 and all(torch.equal(state[k], saved[k]) for k in shared)
+    frames, boxes = small_video(frames=2), given_boxes(2)
+    features = used(frames, boxes=boxes)["region_features"]
+    reference = StvgFeatureExtractor(**TIMM_BACKBONE, backbone_weights_path=str(timm_checkpoint["backbone"]))
+    random = StvgFeatureExtractor(**TIMM_BACKBONE, random_init=True)
+    np.testing.assert_allclose(features, reference(frames, boxes=boxes)["region_features"], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(features, random(frames, boxes=boxes)["region_features"], atol=1e-3)
+    # without the flag (and an empty Hugging Face cache): the extractor asks for the weights
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_hf_cache"))
+    code = main(common + ["--output", str(tmp_path / "none.json")])
+    assert code == 2 and "backbone_weights_path" in capsys.readouterr().err
+
+
+def test_cli_backbone_weights_errors(checkpoint, timm_checkpoint, clip_path, tmp_path, capsys):
+    from processing_stvg.cli import main
+
+    def ground(model, *extra):
+        return main(["--model", str(model), "--video", str(clip_path), "--parsed", json.dumps(PARSED.to_row()),
+                     "--output", str(tmp_path / "x.json"), "--segment", "84", "100", *extra])
+
+    missing = tmp_path / "absent.safetensors"
+    assert ground(timm_checkpoint["checkpoint"], "--backbone-weights", str(missing)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stvg-ground: error:") and "--backbone-weights" in err and "absent.safetensors" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # a flag that would be silently ignored is an error too
+    backbone = str(timm_checkpoint["backbone"])
+    assert ground(checkpoint, "--backbone-weights", backbone) == 2  # detector-backbone checkpoint
+    assert "--detector-weights" in capsys.readouterr().err
+    assert ground(timm_checkpoint["checkpoint"], "--backbone-weights", backbone, "--random-init-detector") == 2
+    assert "random-initialised" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_console_script(checkpoint, clip_path, tmp_path):
     script = shutil.which("stvg-ground") or (
         str(Path(sys.executable).parent / "stvg-ground") if (Path(sys.executable).parent / "stvg-ground").exists() else None

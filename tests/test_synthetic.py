@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -276,3 +277,60 @@ def test_features_carry_colour_and_shape():
 def test_cli_rejects_bad_vocabulary(tmp_path):
     with pytest.raises(ValueError, match="unknown colour"):
         S.main(["--output-dir", str(tmp_path / "x"), "--colours", "red", "mauve", *TINY])
+
+
+# ---------------------------------------------------------------------------------------- output folder, Hub
+SMALL = ["--num-train", "8", "--num-val", "4", "--num-test", "4", "--clips-per-shard", "1"]
+
+
+def _shards(path: Path) -> list[str]:
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*.parquet"))
+
+
+def test_rebuild_refuses_a_non_empty_folder_and_overwrite_leaves_no_stale_shard(built, tmp_path):
+    from dataset_scripts.extract import ConversionError
+
+    out = tmp_path / "ds"
+    shutil.copytree(built[0], out)
+    stale = out / "videos" / "train-00099.parquet"  # a shard only an earlier, bigger build had
+    shutil.copy(out / "videos" / "train-00000.parquet", stale)
+    before = _shards(out)
+    with pytest.raises(ConversionError, match="not empty.*--overwrite"):
+        _build(out, 5, *SMALL)
+    assert _shards(out) == before, "a refused build must not touch the folder"
+
+    summary = _build(out, 5, *SMALL, "--overwrite")
+    assert not stale.exists()
+    assert _shards(out) == sorted(f"{config}/{split}-{k:05d}.parquet" for config in ("queries", "videos")
+                                  for split, n in (("train", 2), ("validation", 1), ("test", 1)) for k in range(n))
+    assert len(load_stvg_split(out, "train").queries) == summary["splits"]["train"]["queries"] == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"], "no staging or old folder left beside it"
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_dataset(tmp_path, capsys):
+    from dataset_scripts.extract import ConversionError
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConversionError, match="notes.txt.*new --output-dir"):
+        _build(tmp_path, 0, "--overwrite")
+    assert S.check_output_dir(tmp_path / "new") == tmp_path / "new"  # a new folder is fine, empty too
+    (tmp_path / "empty").mkdir()
+    S.check_output_dir(tmp_path / "empty")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_push_to_hub_flag_uses_the_shared_push_and_a_fake_hub(tmp_path):
+    from unittest import mock
+
+    from huggingface_hub import HfApi
+
+    out = tmp_path / "ds"
+    with mock.patch.object(HfApi, "create_repo") as create_repo, mock.patch.object(HfApi, "create_commit") as create_commit:
+        _build(out, 0, *SMALL, "--push-to-hub", "someone/synthetic-stvg", "--private")
+    create_repo.assert_called_once()
+    assert create_repo.call_args.args[0] == "someone/synthetic-stvg"
+    assert create_repo.call_args.kwargs["repo_type"] == "dataset" and create_repo.call_args.kwargs["private"] is True
+    kwargs = create_commit.call_args.kwargs
+    assert kwargs["repo_type"] == "dataset" and kwargs["repo_id"] == "someone/synthetic-stvg"
+    assert sorted(op.path_in_repo for op in kwargs["operations"]) == ["README.md", *_shards(out)]
+    assert read_card_metadata(out)["source"] == "synthetic"
