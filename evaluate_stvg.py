@@ -25,12 +25,11 @@ from stvg_data.baselines import BASELINES, baseline_predictions
 from stvg_data.dataset_folder import load_stvg_split
 from stvg_data.evaluation import (
     MissingGroundTruthError,
-    Prediction,
     PredictionsError,
+    as_predictions,
     evaluate,
     format_metrics_table,
     load_predictions,
-    parse_predictions,
     save_metrics,
     save_predictions,
 )
@@ -124,10 +123,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         predictions = predict_with_model(args.model, split, batch_size=args.batch_size or 16, device=args.device,
                                          progress=progress)
-    if not isinstance(predictions, dict):
-        predictions = parse_predictions(predictions, source="model predictions")
-    elif not all(isinstance(p, Prediction) for p in predictions.values()):
-        predictions = parse_predictions(list(predictions.values()), source="model predictions")
+    predictions = as_predictions(predictions, source="model predictions")
     metrics = evaluate(split, predictions, temporal_only=args.temporal_only, progress=progress)
     metrics = {**metrics, "dataset": str(args.dataset), "split": args.split}
     output_dir: Path = args.output_dir

@@ -23,20 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from _hardware import cpu_name  # noqa: E402
 from processing_stvg.feature_extraction_stvg import StvgFeatureExtractor  # noqa: E402
 
 
 def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"CPU {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, GPU {gpu}, "
+    return (f"CPU {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, GPU {gpu}, "
             f"torch {torch.__version__}, python {platform.python_version()}")
 
 

@@ -24,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _hardware import cpu_name  # noqa: E402
 from modeling_stvg import StvgConfig, StvgModel, compute_e_step_loss, compute_m_step_loss  # noqa: E402
 
 
@@ -75,15 +76,7 @@ def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads"
+    return f"{cpu_name()}, {torch.get_num_threads()} torch threads"
 
 
 def synchronize(device: torch.device) -> None:
@@ -135,7 +128,7 @@ def run_device(args: argparse.Namespace, device: torch.device) -> None:
         p_opt.step()
 
     prepared = link()
-    phases = [("tube linking (Eq. 4)", lambda: link()), ("E-step (fwd+bwd+AdamW)", lambda: e_step(prepared)),
+    phases = [("tube linking (Eq. 4)", link), ("E-step (fwd+bwd+AdamW)", lambda: e_step(prepared)),
               ("M-step (fwd+bwd+AdamW)", lambda: m_step(prepared))]
     for name, fn in phases:
         with FlopCounterMode(display=False) as counter:

@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -47,8 +47,10 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from stvg_data.dataset_folder import DatasetFolderWriter, default_metadata, shard_path, write_rows
+from stvg_data.evaluation import write_json_atomic as _write_json_atomic
 from stvg_data.protocol import MAX_FRAMES, PROTOCOL_NAME, SAMPLE_FPS
 from stvg_data.schema import (
+    BOX_TOLERANCE_PX,
     QUERY_CONFIG,
     DatasetSchemaError,
     QUERY_FEATURES,
@@ -104,8 +106,11 @@ class SkipReport:
         self.reasons: dict[str, dict[str, Any]] = {}
         self.stats: Counter = Counter()
 
+    def _slot(self, reason: str) -> dict[str, Any]:
+        return self.reasons.setdefault(reason, {"count": 0, "entries": 0, "queries": 0, "clips": 0, "examples": []})
+
     def skip(self, reason: str, example: Any, entries: int = 0, queries: int = 0, clips: int = 0) -> None:
-        slot = self.reasons.setdefault(reason, {"count": 0, "entries": 0, "queries": 0, "clips": 0, "examples": []})
+        slot = self._slot(reason)
         slot["count"] += 1
         slot["entries"] += entries
         slot["queries"] += queries
@@ -119,7 +124,7 @@ class SkipReport:
     def merge(self, other: Mapping[str, Any]) -> None:
         """Add a report dict (``to_dict`` output, e.g. from another process) into this one."""
         for reason, slot in (other.get("skipped") or {}).items():
-            mine = self.reasons.setdefault(reason, {"count": 0, "entries": 0, "queries": 0, "clips": 0, "examples": []})
+            mine = self._slot(reason)
             for key in ("count", "entries", "queries", "clips"):
                 mine[key] += int(slot.get(key, 0))
             room = self.max_examples - len(mine["examples"])
@@ -150,6 +155,31 @@ class SkipRecord(Exception):
         self.detail = detail
 
 
+def finite_number(value: Any, what: str, integer: bool = False) -> float:
+    """``value`` if it is a finite number (an integral one with ``integer``); else ``SkipRecord("bad_value")``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SkipRecord("bad_value", f"{what} must be a finite number, got {value!r}")
+    if integer and int(value) != value:
+        raise SkipRecord("bad_value", f"{what} must be an integer, got {value!r}")
+    return value
+
+
+def boxes_outside_frame(xyxy: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Per box (K, 4) x1 y1 x2 y2: does it leave the frame by more than the contract's ``BOX_TOLERANCE_PX``?"""
+    tol = BOX_TOLERANCE_PX
+    x1, y1, x2, y2 = np.asarray(xyxy).T
+    return (x1 < -tol) | (y1 < -tol) | (x2 > width + tol) | (y2 > height + tol)
+
+
+def stanza_parse_function(stanza_dir: str | None = None) -> Callable[[str], Any]:
+    """The stanza parser's ``parse``; raises its ``StanzaModelsMissingError`` now if models are missing."""
+    from processing_stvg.parsing_stvg import StanzaSentenceParser
+
+    parser = StanzaSentenceParser(model_dir=stanza_dir)
+    parser.pipeline  # build now: a missing model stops the run before anything is written
+    return parser.parse
+
+
 # ---------------------------------------------------------------------------------------------------
 # Plan: what a converter produces before any video is touched
 
@@ -178,13 +208,18 @@ class ConversionPlan:
             split for split in self.videos if split not in SPLIT_ORDER
         )
 
-    def counts(self) -> dict[str, dict[str, int]]:
+    def counts(self, keep_video_ids: Mapping[str, set[str]] | None = None) -> dict[str, dict[str, int]]:
+        """Clips, queries and query types per split (only the clips in ``keep_video_ids``, when given)."""
         out = {}
         for split in self.splits():
-            queries = self.queries.get(split, [])
+            videos, queries = self.videos[split], self.queries.get(split, [])
+            if keep_video_ids is not None:
+                kept = keep_video_ids.get(split, set())
+                videos = [row for row in videos if row["video_id"] in kept]
+                queries = [row for row in queries if row["video_id"] in kept]
             qtypes = Counter(row["qtype"] for row in queries)
             out[split] = {
-                "clips": len(self.videos[split]),
+                "clips": len(videos),
                 "queries": len(queries),
                 "declarative": qtypes.get("declarative", 0),
                 "interrogative": qtypes.get("interrogative", 0),
@@ -317,17 +352,13 @@ def card_metadata(plan: ConversionPlan, counts, with_features: bool, num_regions
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2, sort_keys=False, default=_json_default)
-            stream.write("\n")
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-    return path
+    """``stvg_data.evaluation.write_json_atomic`` (indent 2) of ``data`` with numpy values, tuples and sets."""
+    return _write_json_atomic(plain_json(data), path, indent=2)
+
+
+def plain_json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (numpy scalars -> Python, tuples and sets -> lists)."""
+    return json.loads(json.dumps(value, default=_json_default))
 
 
 def _json_default(value: Any) -> Any:
@@ -676,19 +707,19 @@ def torch_device_type(device: str) -> str:
 def _prepare_output(root: Path, plan: ConversionPlan, args: argparse.Namespace, settings: Mapping[str, Any]) -> dict[str, Any]:
     """Main process: check/record the manifest, clear leftovers; returns the message for all processes."""
     root.mkdir(parents=True, exist_ok=True)
-    manifest = {
+    manifest = plain_json({
         "source": plan.source,
         "clips_per_shard": int(args.clips_per_shard),
         "num_regions": int(args.num_regions),
         "extractor": _settings_fingerprint(settings),
         "clips": {split: [row["video_id"] for row in plan.videos[split]] for split in plan.splits()},
-    }
+    })
     manifest_path = root / STATE_DIR / "manifest.json"
     if manifest_path.is_file():
         previous = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if previous != json.loads(json.dumps(manifest, default=_json_default)):
+        if previous != manifest:
             if not args.overwrite:
-                changed = sorted(k for k in manifest if previous.get(k) != json.loads(json.dumps(manifest[k], default=_json_default)))
+                changed = sorted(k for k in manifest if previous.get(k) != manifest[k])
                 raise ConversionError(
                     f"{root} holds shards of an earlier run with other settings ({', '.join(changed)} differ); "
                     "use a new --output-dir or pass --overwrite to delete them"
@@ -738,13 +769,8 @@ def _finish_features(root: Path, plan: ConversionPlan, message, args, settings, 
                     stale.unlink()
             kept[split].update(info["video_ids"])
             plan.report.merge(info)
-    written = write_queries(writer, plan, args.rows_per_shard, keep_video_ids=kept)
-    counts = {}
-    for split in plan.splits():
-        queries = [row for row in plan.queries.get(split, []) if row["video_id"] in kept[split]]
-        qtypes = Counter(row["qtype"] for row in queries)
-        counts[split] = {"clips": len(kept[split]), "queries": written[split],
-                         "declarative": qtypes.get("declarative", 0), "interrogative": qtypes.get("interrogative", 0)}
+    write_queries(writer, plan, args.rows_per_shard, keep_video_ids=kept)
+    counts = plan.counts(keep_video_ids=kept)
     metadata = card_metadata(plan, counts, True, args.num_regions, region_dim, frame_dim, extractor.get_label_names(),
                              extra={"feature_extractor": dict(_settings_fingerprint(settings))})
     finalize_folder(writer, plan, counts, metadata, True, _settings_fingerprint(settings))

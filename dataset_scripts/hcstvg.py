@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -59,13 +58,15 @@ from dataset_scripts.extract import (
     SkipRecord,
     SkipReport,
     add_output_arguments,
+    boxes_outside_frame,
     cli_main,
     contract_split,
+    finite_number,
     run_conversion,
+    stanza_parse_function,
 )
 from processing_stvg.parsing_stvg import ParsedSentence, SentenceParseError
 from stvg_data.protocol import sample_frame_ids
-from stvg_data.schema import BOX_TOLERANCE_PX
 
 CLIP_SECONDS = 20.0
 VERSIONS = {
@@ -89,14 +90,6 @@ def guess_split(path: Path) -> str:
     raise ConversionError(f"cannot tell the split of {path.name!r} from its name; pass --split train|validation|test")
 
 
-def _number(value: Any, what: str, integer: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SkipRecord("bad_value", f"{what} must be a finite number, got {value!r}")
-    if integer and int(value) != value:
-        raise SkipRecord("bad_value", f"{what} must be an integer, got {value!r}")
-    return value
-
-
 def check_entry(entry: Any, version: str, frame_base: int) -> dict[str, Any]:
     """Validated essentials of one HC-STVG entry (0-based, end-exclusive tube); raises ``SkipRecord``."""
     spec = VERSIONS[version]
@@ -105,26 +98,26 @@ def check_entry(entry: Any, version: str, frame_base: int) -> dict[str, Any]:
     missing = [key for key in spec["required"] if key not in entry]
     if missing:
         raise SkipRecord("missing_keys", f"missing {missing}")
-    frame_count = int(_number(entry["img_num"], "img_num", integer=True))
+    frame_count = int(finite_number(entry["img_num"], "img_num", integer=True))
     if version == "v1":
-        width = int(_number(entry["width"], "width", integer=True))
-        height = int(_number(entry["height"], "height", integer=True))
+        width = int(finite_number(entry["width"], "width", integer=True))
+        height = int(finite_number(entry["height"], "height", integer=True))
     else:
         size = entry["img_size"]
         if not isinstance(size, (list, tuple)) or len(size) != 2:
             raise SkipRecord("bad_value", f"img_size must be [height, width], got {size!r}")
-        height = int(_number(size[0], "img_size[0] (height)", integer=True))
-        width = int(_number(size[1], "img_size[1] (width)", integer=True))
+        height = int(finite_number(size[0], "img_size[0] (height)", integer=True))
+        width = int(finite_number(size[1], "img_size[1] (width)", integer=True))
     if frame_count <= 0 or width <= 0 or height <= 0:
         raise SkipRecord("bad_value", f"img_num/width/height must be positive, got {frame_count}/{width}/{height}")
     boxes = entry["bbox"]
     if not isinstance(boxes, list):
         raise SkipRecord("bad_box", f"bbox must be a list of [x, y, w, h], got {type(boxes).__name__}")
-    start = int(_number(entry["st_frame"], "st_frame", integer=True)) - frame_base
+    start = int(finite_number(entry["st_frame"], "st_frame", integer=True)) - frame_base
     if version == "v1":
         end = start + len(boxes)
     else:
-        end = int(_number(entry["ed_frame"], "ed_frame", integer=True)) - frame_base + 1
+        end = int(finite_number(entry["ed_frame"], "ed_frame", integer=True)) - frame_base + 1
     if end <= start:
         raise SkipRecord("tube_end_before_start", f"tube [{start}, {end}) (0-based, end exclusive) is empty or reversed")
     if start < 0 or end > frame_count:
@@ -141,8 +134,7 @@ def check_entry(entry: Any, version: str, frame_base: int) -> dict[str, Any]:
     if (xywh[:, 2:] < 0).any():
         raise SkipRecord("box_degenerate", "bbox with negative width or height")
     xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-    tol = BOX_TOLERANCE_PX
-    outside = (xyxy[:, 0] < -tol) | (xyxy[:, 1] < -tol) | (xyxy[:, 2] > width + tol) | (xyxy[:, 3] > height + tol)
+    outside = boxes_outside_frame(xyxy, width, height)
     if outside.any():
         first = int(np.flatnonzero(outside)[0])
         raise SkipRecord("box_outside_frame", f"box {xyxy[first].tolist()} (x1 y1 x2 y2) on frame id {start + first} "
@@ -152,15 +144,6 @@ def check_entry(entry: Any, version: str, frame_base: int) -> dict[str, Any]:
         raise SkipRecord("empty_sentence", f"{spec['sentence']} {sentence!r}")
     return {"frame_count": frame_count, "width": width, "height": height, "tube": (start, end), "boxes": xyxy,
             "sentence": sentence.strip()}
-
-
-def stanza_parse_function(stanza_dir: str | None = None) -> Callable[[str], ParsedSentence]:
-    """The stanza parser's ``parse``; raises its ``StanzaModelsMissingError`` now if models are missing."""
-    from processing_stvg.parsing_stvg import StanzaSentenceParser
-
-    parser = StanzaSentenceParser(model_dir=stanza_dir)
-    parser.pipeline  # build now: a missing model stops the run before anything is written
-    return parser.parse
 
 
 def build_plan(

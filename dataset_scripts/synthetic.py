@@ -85,8 +85,9 @@ except ImportError:  # pragma: no cover - depends on how the repo is installed
 
 from dataset_scripts.extract import REPORT_FILE, STATE_DIR, ConversionError, cli_main, push_to_hub
 from stvg_data.dataset_folder import DatasetFolderWriter, default_metadata, write_rows
+from stvg_data.evaluation import box_iou
 from stvg_data.protocol import sample_frame_ids
-from stvg_data.schema import QUERY_CONFIG, QUERY_FEATURES, VIDEO_CONFIG, validate_query_row, validate_video_row, video_features
+from stvg_data.schema import QUERY_CONFIG, QUERY_FEATURES, VIDEO_CONFIG, video_features
 
 SPLITS = ("train", "validation", "test")
 
@@ -225,16 +226,6 @@ def boxes_from_centres(centres: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """(..., N, 2) centres and (N,) sides -> (..., N, 4) x1 y1 x2 y2 (shapes fill their square box)."""
     half = np.asarray(sizes, dtype=np.float64)[..., None] / 2.0
     return np.concatenate([centres - half, centres + half], axis=-1)
-
-
-def box_iou_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of matching boxes (..., 4) x (..., 4)."""
-    lt = np.maximum(a[..., :2], b[..., :2])
-    rb = np.minimum(a[..., 2:], b[..., 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
-    area_a = np.prod(np.clip(a[..., 2:] - a[..., :2], 0, None), axis=-1)
-    area_b = np.prod(np.clip(b[..., 2:] - b[..., :2], 0, None), axis=-1)
-    return inter / np.maximum(area_a + area_b - inter, 1e-9)
 
 
 def spatial_relation_holds(subject: np.ndarray, obj: np.ndarray, relation: str) -> np.ndarray:
@@ -569,7 +560,7 @@ def _place_others(
     span = slice(start, start + length)
     for partner, relation, clone_is_subject in forbid:
         own = boxes_from_centres(path[:, span], np.array([size]))
-        other = boxes_from_centres(placed[span, partner][None].repeat(candidates, 0), np.array([placed_sizes[partner]]))
+        other = boxes_from_centres(placed[None, span, partner], np.array([placed_sizes[partner]]))  # broadcast over K
         holds = spatial_relation_holds(own, other, relation) if clone_is_subject else spatial_relation_holds(other, own, relation)
         ok &= ~holds.any(axis=1)
     good = np.flatnonzero(ok)
@@ -771,7 +762,7 @@ def generate_split(cfg: SyntheticConfig, split: str, num_queries: int, extractor
         proposals, truth = clip["proposals"], clip["true_boxes"]
         src = proposals["source"]
         matched = src >= 0
-        iou = box_iou_pairs(proposals["boxes"].astype(np.float64), np.take_along_axis(truth, np.maximum(src, 0)[..., None], axis=1))
+        iou = box_iou(proposals["boxes"], np.take_along_axis(truth, np.maximum(src, 0)[..., None], axis=1))
         proposal_ious.append(iou[matched])
         bar.update(1)
         pending.append(clip)
@@ -968,10 +959,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[SyntheticConfig, dict[str
     values = dict(PRESETS[args["preset"]])
     values.update({k: v for k, v in args.items() if v is not None and not (isinstance(v, bool) and not v)})
     return SyntheticConfig(**values), options
-
-
-def config_from_args(argv: list[str] | None = None) -> SyntheticConfig:
-    return parse_args(argv)[0]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -56,8 +56,8 @@ disagrees between entries of one clip, empty sentences, sentences the parser rej
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import math
 import re
 import sys
 from collections import OrderedDict
@@ -77,13 +77,15 @@ from dataset_scripts.extract import (
     SkipRecord,
     SkipReport,
     add_output_arguments,
+    boxes_outside_frame,
     cli_main,
     contract_split,
+    finite_number,
     run_conversion,
+    stanza_parse_function,
 )
 from processing_stvg.parsing_stvg import ParsedSentence, SentenceParseError
 from stvg_data.protocol import sample_frame_ids
-from stvg_data.schema import BOX_TOLERANCE_PX
 
 SOURCE_SPLITS = ("train", "val", "test")
 WH_WORDS = ("who", "whom", "whose", "what", "which")
@@ -305,8 +307,7 @@ class VidorBoxes:
         x1, y1, x2, y2 = boxes.T
         if (x2 < x1).any() or (y2 < y1).any():
             raise SkipRecord("box_degenerate", f"{self.path}: tid {tid} has boxes with xmax < xmin or ymax < ymin")
-        tol = BOX_TOLERANCE_PX
-        outside = (x1 < -tol) | (y1 < -tol) | (x2 > width + tol) | (y2 > height + tol)
+        outside = boxes_outside_frame(boxes, width, height)
         if outside.any():
             bad = int(frame_ids[outside][0])
             raise SkipRecord("box_outside_frame",
@@ -332,14 +333,6 @@ def index_vidor_files(root: Path) -> dict[str, Path]:
 # Entry checks
 
 
-def _number(value: Any, what: str, integer: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SkipRecord("bad_value", f"{what} must be a finite number, got {value!r}")
-    if integer and int(value) != value:
-        raise SkipRecord("bad_value", f"{what} must be an integer, got {value!r}")
-    return value
-
-
 def check_entry(entry: Any) -> dict[str, Any]:
     """Validated essentials of one VidSTG entry; raises ``SkipRecord`` naming what is wrong."""
     if not isinstance(entry, Mapping):
@@ -355,17 +348,17 @@ def check_entry(entry: Any) -> dict[str, Any]:
             missing.extend(f"{key}.{s}" for s in sub if s not in value)
     if missing:
         raise SkipRecord("missing_keys", f"missing {missing}")
-    fps = float(_number(entry["fps"], "fps"))
-    frame_count = int(_number(entry["frame_count"], "frame_count", integer=True))
-    width = int(_number(entry["width"], "width", integer=True))
-    height = int(_number(entry["height"], "height", integer=True))
+    fps = float(finite_number(entry["fps"], "fps"))
+    frame_count = int(finite_number(entry["frame_count"], "frame_count", integer=True))
+    width = int(finite_number(entry["width"], "width", integer=True))
+    height = int(finite_number(entry["height"], "height", integer=True))
     if fps <= 0 or frame_count <= 0 or width <= 0 or height <= 0:
         raise SkipRecord("bad_value", f"fps/frame_count/width/height must be positive, got {fps}/{frame_count}/{width}/{height}")
     seg, gt = entry["used_segment"], entry["temporal_gt"]
-    seg_begin = int(_number(seg["begin_fid"], "used_segment.begin_fid", integer=True))
-    seg_end = int(_number(seg["end_fid"], "used_segment.end_fid", integer=True))
-    gt_begin = int(_number(gt["begin_fid"], "temporal_gt.begin_fid", integer=True))
-    gt_end = int(_number(gt["end_fid"], "temporal_gt.end_fid", integer=True))
+    seg_begin = int(finite_number(seg["begin_fid"], "used_segment.begin_fid", integer=True))
+    seg_end = int(finite_number(seg["end_fid"], "used_segment.end_fid", integer=True))
+    gt_begin = int(finite_number(gt["begin_fid"], "temporal_gt.begin_fid", integer=True))
+    gt_end = int(finite_number(gt["end_fid"], "temporal_gt.end_fid", integer=True))
     if seg_end <= seg_begin:
         raise SkipRecord("segment_end_before_start", f"used_segment [{seg_begin}, {seg_end}) is empty or reversed")
     if seg_begin < 0 or seg_end > frame_count:
@@ -434,11 +427,7 @@ def build_plan(
     """Read VidSTG (+ VidOR) annotations into rows; bad records are skipped and counted in ``plan.report``."""
     files = load_annotation_files(Path(annotations), splits)
     if parse_function is None and parser == "stanza":
-        from processing_stvg.parsing_stvg import StanzaSentenceParser
-
-        stanza_parser = StanzaSentenceParser(model_dir=stanza_dir)
-        stanza_parser.pipeline  # fail now, with the parser's message, if the models are missing
-        parse_function = stanza_parser.parse
+        parse_function = stanza_parse_function(stanza_dir)  # fails now, with its message, if models are missing
     elif parser not in ("annotation", "stanza"):
         raise ConversionError(f"--parser must be 'annotation' or 'stanza', got {parser!r}")
     vidor_index = index_vidor_files(Path(vidor_annotations)) if vidor_annotations else None
@@ -456,15 +445,14 @@ def build_plan(
         clips, rows = _convert_split(entries, split, vidor_index, parse_function, report)
         videos[split] = list(clips.values())
         queries[split] = rows
-        for row in videos[split]:
-            video_files[row["video_id"]] = row["video_id"].rsplit("_", 2)[0]
-        report.count(f"{split}_source_videos", len({row["video_id"].rsplit("_", 2)[0] for row in videos[split]}))
-    card = CARD
+        files_of_split = {row["video_id"]: row["video_id"].rsplit("_", 2)[0] for row in videos[split]}
+        video_files.update(files_of_split)
+        report.count(f"{split}_source_videos", len(set(files_of_split.values())))
     conventions = [
         "- clip = `(vid, used_segment)`, `video_id = <vid>_<begin_fid>_<end_fid>`, `segment = [begin_fid, end_fid)`.",
         "- `gt_sted = [temporal_gt.begin_fid, temporal_gt.end_fid)` (VidSTG's end is exclusive).",
         "- `gt_frame_ids`: the clip's sampled frames inside `gt_sted`; `gt_boxes`: the target's VidOR box there.",
-        f"- sentence parse: `{'custom' if parser not in ('annotation', 'stanza') else parser}` parser"
+        f"- sentence parse: `{parser}` parser"
         + (" (entities = the relation's subject/object found by category name in the sentence, the wh-word "
            "for a question's target; relation = the VidOR predicate; see `dataset_scripts/vidstg.py`)."
            if parser == "annotation" else " (stanza dependency parse, `processing_stvg.parsing_stvg`)."),
@@ -479,7 +467,7 @@ def build_plan(
         video_files=video_files,
         report=report,
         has_gt_boxes=vidor_index is not None,
-        card=CardText(**{**card.__dict__, "conventions": "\n".join(conventions)}),
+        card=dataclasses.replace(CARD, conventions="\n".join(conventions)),
         metadata_extra={"parser": parser, "gt_sted_end": "exclusive"},
     )
 

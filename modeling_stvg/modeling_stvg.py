@@ -624,7 +624,7 @@ def gather_with_grad(tensor: Tensor, pad_value: float | bool = 0) -> tuple[Tenso
     pad = [0, 0] * (tensor.dim() - 2) + [0, cols_max - tensor.shape[1], 0, rows_max - tensor.shape[0]]
     if tensor.dtype == torch.bool:
         padded = F.pad(tensor.to(torch.uint8), pad, value=int(pad_value)).bool()
-        gathered = torch.cat([piece for piece in _gather_no_grad(padded, world)], dim=0)
+        gathered = torch.cat(_gather_no_grad(padded, world), dim=0)
     else:
         padded = F.pad(tensor, pad, value=float(pad_value))
         gathered = torch.cat(dist_fn.all_gather(padded), dim=0)  # (W*S_max, X_max, ...)
@@ -688,20 +688,22 @@ def entity_video_features(video_states: Tensor, spatial_assignment: Tensor, temp
     return pooled * temporal_assignment.to(video_states.dtype)[:, :, None, None]
 
 
+def gather_entities(values: Tensor, index: Tensor) -> Tensor:
+    """Rows ``index`` (B,K) of per-entity ``values`` (B,N,...) -> (B,K,...); index -1 (no object) gives zeros."""
+    trailing = values.shape[2:]
+    safe = index.clamp(0, values.shape[1] - 1).view(*index.shape, *(1,) * len(trailing))
+    picked = values.gather(1, safe.expand(*index.shape, *trailing))  # (B,K,...)
+    return picked * (index >= 0).view(safe.shape).to(picked.dtype)
+
+
 def relation_features(entity_features: Tensor, relation_entities: Tensor, projection: nn.Linear) -> Tensor:
     """Eq. 14 h^r_t = W_r [H_t[subject]; H_t[object]] + b_r (object -1 -> zeros).
 
     entity_features (B,T,N,D), relation_entities (B,K,2) -> (B,K,T,D).
     """
-    batch, frames, _, dim = entity_features.shape
-    relations = relation_entities.shape[1]
     per_entity = entity_features.transpose(1, 2)  # (B,N,T,D)
-    subject = relation_entities[..., 0].clamp_min(0)  # (B,K)
-    obj = relation_entities[..., 1]  # (B,K)
-    index_shape = (batch, relations, frames, dim)
-    h_subject = per_entity.gather(1, subject[:, :, None, None].expand(index_shape))  # (B,K,T,D)
-    h_object = per_entity.gather(1, obj.clamp_min(0)[:, :, None, None].expand(index_shape))  # (B,K,T,D)
-    h_object = h_object * (obj >= 0)[:, :, None, None].to(h_object.dtype)
+    h_subject = gather_entities(per_entity, relation_entities[..., 0].clamp_min(0))  # (B,K,T,D)
+    h_object = gather_entities(per_entity, relation_entities[..., 1])  # (B,K,T,D)
     return projection(torch.cat([h_subject, h_object], dim=-1))  # (B,K,T,D)
 
 
@@ -950,7 +952,8 @@ class StvgNetwork(nn.Module):
             phrase_states=phrase_states,
         )
         if compute_contrastive:
-            self._contrastive_logits(output, region_keys, frame_states, tube_mask, frame_mask, entity_mask)
+            self._contrastive_logits(output, phrase_keys, region_keys, frame_states, tube_mask, frame_mask,
+                                     entity_mask)
         if compute_reconstruction:
             self._reconstruct(
                 output, relation_token_ids, relation_entities, relation_mask, frame_mask,
@@ -958,8 +961,8 @@ class StvgNetwork(nn.Module):
             )
         return output
 
-    def _contrastive_logits(self, output: StvgNetworkOutput, region_keys: Tensor, frame_states: Tensor,
-                            tube_mask: Tensor, frame_mask: Tensor, entity_mask: Tensor) -> None:
+    def _contrastive_logits(self, output: StvgNetworkOutput, phrase_keys: Tensor, region_keys: Tensor,
+                            frame_states: Tensor, tube_mask: Tensor, frame_mask: Tensor, entity_mask: Tensor) -> None:
         """Eq. 10 scores of every local video against every sentence of the global batch, and back.
 
         Cross-process negatives: we gather the SENTENCE side (phrase states (B,N,D) + entity mask, a few KB) rather
@@ -973,13 +976,13 @@ class StvgNetwork(nn.Module):
         if world > 1:
             gathered_states, row_valid = gather_with_grad(output.phrase_states)  # (G,N_max,D), (G,)
             gathered_mask, _ = gather_with_grad(entity_mask, pad_value=False)  # (G,N_max)
-        else:
-            gathered_states, gathered_mask = output.phrase_states, entity_mask  # (B,N,D), (B,N)
+            pair_phrase_keys = self.spatial_head.g_s(gathered_states)  # (G,N_max,D)
+        else:  # the sentences are the local ones: reuse the aligned pass's g_S(w)
+            gathered_states, gathered_mask, pair_phrase_keys = output.phrase_states, entity_mask, phrase_keys
             row_valid = torch.ones_like(entity_mask[:, 0])  # (B,)
         videos = region_keys.shape[0]
         offset = rank * (gathered_states.shape[0] // world)  # each process's slice is padded to the same size
         gathered_mask = gathered_mask & row_valid[:, None]  # (G,N)
-        pair_phrase_keys = self.spatial_head.g_s(gathered_states)  # (G,N,D)
         pair_logits = torch.einsum("gnd,btmd->bgtnm", pair_phrase_keys, region_keys) * self.spatial_head.scale
         centre, width = self.temporal_head(
             frame_states, frame_mask,
@@ -1029,12 +1032,8 @@ class StvgPosteriorNetwork(StvgNetwork):
         """Relation phrase token = predicate vector + projected subject and object entity vectors (object -1 -> 0).
         entities (B,N,D) -> (B,K,D)."""
         predicate = self.phrase_proj(self.phrase_vectors(relation_token_ids)) + self.phrase_type.weight[1]  # (B,K,D)
-        dim = entities.shape[-1]
-        subject = relation_entities[..., 0].clamp(0, entities.shape[1] - 1)  # (B,K)
-        obj = relation_entities[..., 1]
-        subject_vec = entities.gather(1, subject[..., None].expand(*subject.shape, dim))  # (B,K,D)
-        object_vec = entities.gather(1, obj.clamp(0, entities.shape[1] - 1)[..., None].expand(*obj.shape, dim))
-        object_vec = object_vec * (obj >= 0)[..., None].to(object_vec.dtype)
+        subject_vec = gather_entities(entities, relation_entities[..., 0].clamp_min(0))  # (B,K,D)
+        object_vec = gather_entities(entities, relation_entities[..., 1])  # (B,K,D)
         return predicate + self.relation_subject(subject_vec) + self.relation_object(object_vec)
 
     def reconstruction_logits(self, video_states: Tensor, spatial_assignment: Tensor, temporal_assignment: Tensor,
@@ -1190,10 +1189,6 @@ class StvgPreTrainedModel(PreTrainedModel):
     base_model_prefix = "stvg"
     main_input_name = "region_features"
     supports_gradient_checkpointing = False
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
 
 
 class StvgModel(StvgPreTrainedModel):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,6 +69,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from processing_stvg.parsing_stvg import ParsedSentence
     from processing_stvg.processing_stvg import tube_to_json
     from processing_stvg.visualization_stvg import visualize_tube
+    from stvg_data.evaluation import write_json_atomic
 
     if args.backbone_weights and not Path(args.backbone_weights).is_file():
         raise MissingWeightsError(f"--backbone-weights {args.backbone_weights!r} does not exist (or is not a file)")
@@ -107,11 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     record["sentence"] = args.text if args.text is not None else parsed.sentence
     record["parse"] = parsed.to_row()
     record["video"] = str(args.video)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps([record], indent=1), encoding="utf-8")
-    os.replace(tmp, out)
+    write_json_atomic([record], args.output, indent=1)
     if args.visualize:
         label = record["sentence"] if len(record["sentence"]) <= 60 else record["sentence"][:57] + "..."
         visualize_tube(decoded.frames, decoded.frame_ids, tube, args.visualize, label=label)

@@ -11,13 +11,13 @@ the post-processing keys (:data:`POSTPROCESS_KEYS`): ``frame_ids`` (B, T) absolu
 (B, T, M, 4). ``processor.model_inputs(batch)`` keeps only
 the model-input keys.
 
-:func:`build_model_inputs` is the tensor-building code shared with the trainer's collation
-(``stvg_data/batching.py``): dataset rows (DESIGN sec. 5) and a processor call give identical tensors.
+:func:`build_model_inputs` builds the same model-input layout (INTERFACES: ``MODEL_INPUT_NAMES``) as the
+trainer's collation, ``stvg_data.batching.collate_stvg``, but is separate code: an empty phrase is an error
+here and ``[UNK]`` there.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,22 +29,18 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from modeling_stvg.modeling_stvg import MODEL_INPUT_NAMES
-from stvg_data.inference import span_to_frame_ids  # the one span rule (DESIGN sec. 6, README "Conventions")
+from stvg_data.evaluation import write_json_atomic
+from stvg_data.inference import clamp_span, span_to_frame_ids  # the one span rule (DESIGN sec. 6, README "Conventions")
 
-from .feature_extraction_stvg import StvgFeatureExtractor
-from .parsing_stvg import (
-    ParsedSentence,
-    SentenceParseError,
-    StanzaSentenceParser,
-    check_sentence_text,
-)
+from .feature_extraction_stvg import OUTPUT_KEYS as FEATURE_OUTPUT_KEYS, StvgFeatureExtractor
+from .parsing_stvg import ParsedSentence, SentenceParseError, StanzaSentenceParser
 from .tokenization_stvg import encode_words
 from .video_processing_stvg import DecodedVideo, StvgVideoProcessor
 
 # The model owns its input names; the processor produces exactly those.
 MODEL_INPUT_KEYS = MODEL_INPUT_NAMES
 POSTPROCESS_KEYS = ("frame_ids", "segment_end", "width", "height", "pixel_boxes")
-VIDEO_FEATURE_KEYS = ("boxes", "box_scores", "box_labels", "region_features", "frame_features")
+VIDEO_FEATURE_KEYS = FEATURE_OUTPUT_KEYS  # what the feature extractor returns per clip
 
 # Stanza pipelines are cached per (language, folder) outside the processor, so the processor itself
 # holds only JSON settings (ProcessorMixin serialises its __dict__).
@@ -301,27 +297,23 @@ def post_process_grounding(outputs: Any, inputs: Mapping[str, Any]) -> list[dict
         start, end = int(sted[b, 0]), int(sted[b, 1])
         clip_end = int(segment_ends[b]) if segment_ends is not None else int(ids[-1]) + 1
         s_frame, e_frame = span_to_frame_ids(ids, clip_end, start, end)
-        lo = min(max(start, 0), real - 1)
-        hi = min(max(end, lo + 1), real)
-        chosen = [int(box_index[b, t]) for t in range(lo, hi)]
-        have = [t for t, j in zip(range(lo, hi), chosen) if j >= 0]
-        boxes: dict[int, list[float]] = {}
-        for t, j in zip(range(lo, hi), chosen):
-            if j < 0 and have:
-                nearest = min(have, key=lambda u: (abs(u - t), u))
-                j, source_t = int(box_index[b, nearest]), nearest
-            else:
-                source_t = t
-            if j >= 0:
-                box = pixel_boxes[b, source_t, j].tolist()
-            else:
-                width = float(widths[b]) if widths is not None else float(pixel_boxes[b, ..., 2].max())
-                height = float(heights[b]) if heights is not None else float(pixel_boxes[b, ..., 3].max())
-                box = [0.0, 0.0, width, height]
-            boxes[int(ids[t])] = [round(float(v), 2) for v in box]
+        lo, hi = clamp_span(real, start, end)
+        steps = torch.arange(lo, hi)
+        chosen = box_index[b, lo:hi]
+        have = steps[chosen >= 0]
+        if len(have):
+            # frames without a proposal take the nearest frame that has one (argmin: ties -> earlier)
+            nearest = have[(steps[:, None] - have[None, :]).abs().argmin(dim=1)]
+            source = torch.where(chosen >= 0, steps, nearest)
+            picked = pixel_boxes[b, source, box_index[b, source]].tolist()
+        else:
+            width = float(widths[b]) if widths is not None else float(pixel_boxes[b, ..., 2].max())
+            height = float(heights[b]) if heights is not None else float(pixel_boxes[b, ..., 3].max())
+            picked = [[0.0, 0.0, width, height]] * len(steps)
+        boxes = {int(ids[t]): [round(float(v), 2) for v in box] for t, box in zip(steps.tolist(), picked)}
         score = None
-        if box_score is not None and have:
-            score = float(torch.stack([box_score[b, t] for t in have]).mean())
+        if box_score is not None and len(have):
+            score = float(box_score[b, have].mean())
         tubes.append({"sted": [s_frame, e_frame], "boxes": boxes, "score": score, "frame_ids": ids})
     return tubes
 
@@ -418,8 +410,7 @@ class StvgProcessor(ProcessorMixin):
         """A sentence (string, parsed with stanza) or an already-parsed sentence -> :class:`ParsedSentence`."""
         if isinstance(text, (ParsedSentence, Mapping)):
             return _as_parsed(text)
-        check_sentence_text(text)
-        return self.parser.parse(text)
+        return self.parser.parse(text)  # checks the text before the stanza pipeline is built
 
     # -- main call ---------------------------------------------------------------------------------
     def __call__(
@@ -491,10 +482,7 @@ class StvgProcessor(ProcessorMixin):
 def save_tube_json(tubes: Sequence[Mapping[str, Any]], path: str | os.PathLike, query_ids: Sequence[str] | None = None) -> None:
     """Write tubes as a predictions JSON list (atomically: temp file then rename)."""
     records = [tube_to_json(t, None if query_ids is None else query_ids[i]) for i, t in enumerate(tubes)]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(records, f, indent=1)
-    os.replace(tmp, path)
+    write_json_atomic(records, path, indent=1)
 
 
 __all__ = [

@@ -15,7 +15,7 @@ read, and :class:`StvgQueryDataset` does so unless it is explicitly built for ev
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import datasets
@@ -278,8 +278,3 @@ def model_inputs(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Only the tensors StvgModel.forward takes (drops ``meta``)."""
     return {key: batch[key] for key in MODEL_INPUT_NAMES}
 
-
-def iter_batches(dataset: StvgQueryDataset, batch_size: int) -> Iterable[dict[str, Any]]:
-    """Sequential batches without a DataLoader (inference helper)."""
-    for start in range(0, len(dataset), batch_size):
-        yield collate_stvg([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])

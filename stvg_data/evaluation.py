@@ -259,6 +259,16 @@ def parse_predictions(records: Any, source: str = "predictions") -> dict[str, Pr
     return predictions
 
 
+def as_predictions(predictions: Mapping[str, Any] | Iterable[Any], source: str = "predictions") -> dict[str, Prediction]:
+    """``{query_id: Prediction}`` from that mapping itself, a mapping of records, or an iterable of
+    contract records / :class:`Prediction` objects (what the baselines and ``predict_split`` return)."""
+    if not isinstance(predictions, Mapping):
+        return parse_predictions(predictions, source=source)
+    if not all(isinstance(p, Prediction) for p in predictions.values()):
+        return parse_predictions(list(predictions.values()), source=source)
+    return dict(predictions)
+
+
 def load_predictions(path: str | Path) -> dict[str, Prediction]:
     """Read and parse a predictions JSON file; every problem is a :class:`PredictionsError`."""
     path = Path(path)
@@ -526,10 +536,7 @@ def evaluate(
     query carries a ground-truth box, unless ``temporal_only``.
     """
     truth = _ground_truth(split)
-    if not isinstance(predictions, Mapping):
-        predictions = parse_predictions(predictions)
-    elif not all(isinstance(p, Prediction) for p in predictions.values()):
-        predictions = parse_predictions(list(predictions.values()))
+    predictions = as_predictions(predictions)
     if not truth.queries:
         raise DatasetSchemaError("the split has no queries to evaluate")
     if not temporal_only and not truth.has_boxes:

@@ -24,11 +24,16 @@ import torch
 from .batching import StvgQueryDataset, collate_stvg, model_inputs
 
 
+def clamp_span(num_frames: int, start: int, end: int) -> tuple[int, int]:
+    """Sampled-frame span ``[start, end)`` clamped to a non-empty span inside ``[0, num_frames)``."""
+    start = int(min(max(int(start), 0), num_frames - 1))
+    return start, int(min(max(int(end), start + 1), num_frames))
+
+
 def span_to_frame_ids(frame_ids: Sequence[int], segment_end: int, start: int, end: int) -> tuple[int, int]:
     """Sampled-frame span ``[start, end)`` -> absolute frame span ``[begin, end_exclusive)``."""
     num_frames = len(frame_ids)
-    start = int(min(max(start, 0), num_frames - 1))
-    end = int(min(max(end, start + 1), num_frames))
+    start, end = clamp_span(num_frames, start, end)
     begin = int(frame_ids[start])
     stop = int(frame_ids[end]) if end < num_frames else int(max(segment_end, frame_ids[-1] + 1))
     return begin, stop
@@ -42,19 +47,19 @@ def outputs_to_predictions(
     sted = np.asarray(sted.detach().cpu() if isinstance(sted, torch.Tensor) else sted)
     predictions = []
     for b, meta in enumerate(metas):
-        frame_ids = [int(f) for f in meta["frame_ids"]]
-        num_frames = len(frame_ids)
-        start = int(min(max(int(sted[b, 0]), 0), num_frames - 1))
-        end = int(min(max(int(sted[b, 1]), start + 1), num_frames))
+        frame_ids = np.asarray(meta["frame_ids"], dtype=np.int64)
+        start, end = clamp_span(len(frame_ids), sted[b, 0], sted[b, 1])
         begin, stop = span_to_frame_ids(frame_ids, meta["segment"][1], start, end)
-        pixel_boxes = np.asarray(meta["boxes"], dtype=np.float32)
-        boxes = {}
-        for t in range(start, end):
-            region = int(box_index[b, t])
-            # -1: the frame has no real proposal; an empty box keeps the prediction complete (IoU 0)
-            box = pixel_boxes[t, region] if region >= 0 else np.zeros(4, dtype=np.float32)
-            boxes[str(frame_ids[t])] = [float(v) for v in box]
-        predictions.append({"query_id": meta["query_id"], "sted": [begin, stop], "boxes": boxes})
+        frames = np.arange(start, end)
+        regions = box_index[b, start:end].astype(np.int64)
+        boxes = np.asarray(meta["boxes"], dtype=np.float32)[frames, np.maximum(regions, 0)]
+        # -1: the frame has no real proposal; an empty box keeps the prediction complete (IoU 0)
+        boxes[regions < 0] = 0.0
+        predictions.append({
+            "query_id": meta["query_id"],
+            "sted": [begin, stop],
+            "boxes": dict(zip(map(str, frame_ids[start:end].tolist()), boxes.tolist())),
+        })
     return predictions
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .evaluation import box_iou
+
 
 def _pyplot():
     import matplotlib
@@ -100,14 +102,6 @@ def plot_training_curves(log_path: str | Path, output_path: str | Path) -> Path:
     return _save_figure(figure, output_path)
 
 
-def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def plot_tubes(
     video: Mapping[str, Any],
     query: Mapping[str, Any],
@@ -165,7 +159,7 @@ def plot_tubes(
             p = pred_boxes[frame]
             axis.add_patch(Rectangle((p[0], p[1]), p[2] - p[0], p[3] - p[1], fill=False, ec="tab:red", lw=1.6, ls="--"))
         if frame in gt_boxes and frame in pred_boxes:
-            title += f"\nIoU {_box_iou(gt_boxes[frame], pred_boxes[frame]):.2f}"
+            title += f"\nIoU {float(box_iou(gt_boxes[frame], pred_boxes[frame])):.2f}"
         axis.set_title(title, fontsize=8)
     timeline = figure.add_subplot(grid[1, :])
     first, last = frame_ids[0], frame_ids[-1] + 1

@@ -163,6 +163,14 @@ def test_outputs_to_predictions_span_rule_and_boxes(split, tokenizer):
     assert span_to_frame_ids([0, 6, 12], 18, 2, 2) == (12, 18)  # empty span widened to one frame
 
 
+def test_outputs_to_predictions_empty_box_without_proposal_and_clamped_span():
+    meta = {"query_id": "q", "frame_ids": np.array([0, 6, 12]), "segment": [0, 18],
+            "boxes": np.arange(3 * 2 * 4, dtype=np.float32).reshape(3, 2, 4)}
+    (prediction,) = outputs_to_predictions(np.array([[1, -1, 0]]), np.array([[-4, 9]]), [meta])
+    assert prediction["sted"] == [0, 18]  # indices clamped to the clip
+    assert prediction["boxes"] == {"0": [4.0, 5.0, 6.0, 7.0], "6": [0.0, 0.0, 0.0, 0.0], "12": [16.0, 17.0, 18.0, 19.0]}
+
+
 def test_report_writers(tmp_path, split):
     log = tmp_path / "train_log.jsonl"
     with open(log, "w") as stream:

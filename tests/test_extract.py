@@ -325,7 +325,6 @@ def test_video_index_and_report_merge(tmp_path: Path) -> None:
     data = report.to_dict()
     assert data["skipped"]["video_missing"]["count"] == 3 and data["skipped"]["video_missing"]["clips"] == 3
     assert len(data["skipped"]["video_missing"]["examples"]) == 2 and data["stats"] == {"x": 1}
-    assert not (tmp_path / STATE_DIR).exists()
 
 
 def test_help_prints_the_full_help_and_exits_0(repo_root: Path) -> None:

@@ -3,18 +3,13 @@ files, the clear error when weights are missing, given-box mode, settings round 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from processing_stvg.feature_extraction_stvg import (  # noqa: E402
+from processing_stvg.feature_extraction_stvg import (
     FeatureExtractionError,
     MissingWeightsError,
     StvgFeatureExtractor,
@@ -26,12 +21,8 @@ SMALL = dict(detector_min_size=192, detector_max_size=256, batch_size=4,
 
 
 @pytest.fixture(scope="module")
-def videos_dir(request) -> Path:
-    try:
-        shared = Path(request.getfixturevalue("shared_dir"))
-    except pytest.FixtureLookupError:
-        shared = ROOT.parent / "shared"
-    path = shared / "videos"
+def videos_dir(shared_dir) -> Path:
+    path = shared_dir / "videos"
     if not any(path.glob("*.mp4")):
         pytest.skip(f"no real clips under {path}")
     return path
@@ -96,8 +87,8 @@ def test_missing_weights_error_names_the_file(monkeypatch, tmp_path, clips):
     assert "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth" in message
     assert "https://download.pytorch.org/models/" in message and str(tmp_path / "torch") in message
     assert "detector_weights_path" in message
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(MissingWeightsError, match="model.safetensors"):
-        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
         StvgFeatureExtractor(backbone="resnet18").region_dim
 
 
@@ -156,7 +147,7 @@ def test_timm_backbone_given_boxes(tmp_path, clips):
     np.testing.assert_allclose(got["region_features"], out["region_features"], atol=1e-4)
     # A different seed is a different network.
     other = StvgFeatureExtractor(backbone="resnet18", feature_levels=[1, 2], random_init=True, seed=6, roi_pool_grid=2)
-    assert not np.allclose(other.extract(frames, boxes=boxes)["region_features"], out["region_features"] * 1.0 + 0, atol=1e-3)
+    assert not np.allclose(other.extract(frames, boxes=boxes)["region_features"], out["region_features"], atol=1e-3)
 
 
 def test_timm_features_with_detector_proposals(clips):

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from modeling_stvg import contrastive_loss
+from test_modeling import StvgModelTester
 
-from modeling_stvg import contrastive_loss  # noqa: E402
-from test_modeling import StvgModelTester  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]  # the workers import the checkout from here
 
 WORKER = textwrap.dedent(
     """

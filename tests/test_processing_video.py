@@ -199,24 +199,26 @@ def test_truncated_real_clip(videos_dir, tmp_path):
         StvgVideoProcessor()(str(path))
 
 
+def cut_in_half(tmp_path: Path, suffix: str, **write_options) -> Path:
+    """A 300-frame 30 fps video written to ``full<suffix>``, then its first half as ``cut<suffix>``."""
+    path = tmp_path / f"full{suffix}"
+    write_video(path, 300, size=(64, 48), fps=30, gop=10, **write_options)
+    data = path.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: len(data) // 2])
+    return cut
+
+
 def test_truncated_mp4_with_index_first(tmp_path):
     # faststart: the index (with the frame count) comes first, so the cut file opens but is short
-    path = tmp_path / "full.mp4"
-    write_video(path, 300, size=(64, 48), fps=30, gop=10, options={"movflags": "faststart"})
-    data = path.read_bytes()
-    cut = tmp_path / "cut.mp4"
-    cut.write_bytes(data[: len(data) // 2])
+    cut = cut_in_half(tmp_path, ".mp4", options={"movflags": "faststart"})
     with pytest.raises(VideoDecodeError, match="cut.mp4.*truncated.*announces 300 frames"):
         StvgVideoProcessor()(str(cut))
 
 
 def test_truncated_stream_with_header_first(tmp_path):
     # A Matroska file keeps its header first: cutting it leaves a readable but short stream.
-    path = tmp_path / "full.mkv"
-    write_video(path, 300, size=(64, 48), fps=30, gop=10)
-    data = path.read_bytes()
-    cut = tmp_path / "cut.mkv"
-    cut.write_bytes(data[: len(data) // 2])
+    cut = cut_in_half(tmp_path, ".mkv")
     with av.open(str(cut)) as c:
         announced = c.streams.video[0].frames
     processor = StvgVideoProcessor()

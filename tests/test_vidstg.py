@@ -256,31 +256,31 @@ def test_stanza_parser_without_models_fails_with_its_message(tmp_path: Path, rea
 CATEGORIES = {0: "adult", 1: "ball/sports_ball", 2: "adult", 3: "child"}
 
 
-def test_annotation_parser_declarative() -> None:
-    parsed = vidstg.annotation_parse("An adult in red kicks a sports ball on the grass.", CATEGORIES, 0, "kick", 1, 0, False)
-    assert parsed.entities == ["adult", "sports ball"]
-    assert parsed.relations == [(0, "kick", 1)]
-    assert parsed.target == 0
-    # Target is the object; the object is mentioned first ("there is a ball ... ").
-    parsed = vidstg.annotation_parse("there is a ball beneath the man.", CATEGORIES, 0, "above", 1, 1, False)
-    assert parsed.entities == ["ball", "man"]
-    assert parsed.relations == [(1, "above", 0)] and parsed.target == 0
+@pytest.mark.parametrize(
+    "sentence, subject, predicate, obj, target_id, is_question, entities, relations, target",
+    [
+        ("An adult in red kicks a sports ball on the grass.", 0, "kick", 1, 0, False,
+         ["adult", "sports ball"], [(0, "kick", 1)], 0),
+        # Target is the object; the object is mentioned first ("there is a ball ... ").
+        ("there is a ball beneath the man.", 0, "above", 1, 1, False, ["ball", "man"], [(1, "above", 0)], 0),
+        # Questions: the wh-word is the target's phrase.
+        ("what does the child in blue lean_on?", 3, "lean_on", 1, 1, True, ["what", "child"], [(1, "lean on", 0)], 0),
+        ("who plays the ball?", 0, "play(instrument)", 1, 0, True, ["who", "ball"], [(0, "play", 1)], None),
+        # Same category twice; plural names.
+        ("an adult speaks to another adult.", 0, "speak_to", 2, 0, False, ["adult", "adult"], [(0, "speak to", 1)], None),
+        ("two women talk to the kids.", 0, "speak_to", 3, 0, False, ["women", "kids"], None, None),
+    ],
+)
+def test_annotation_parser(sentence, subject, predicate, obj, target_id, is_question, entities, relations, target) -> None:
+    parsed = vidstg.annotation_parse(sentence, CATEGORIES, subject, predicate, obj, target_id, is_question)
+    assert parsed.entities == entities
+    if relations is not None:
+        assert parsed.relations == relations
+    if target is not None:
+        assert parsed.target == target
 
 
-def test_annotation_parser_question_uses_wh_word_for_target() -> None:
-    parsed = vidstg.annotation_parse("what does the child in blue lean_on?", CATEGORIES, 3, "lean_on", 1, 1, True)
-    assert parsed.entities == ["what", "child"]
-    assert parsed.relations == [(1, "lean on", 0)]
-    assert parsed.target == 0
-    parsed = vidstg.annotation_parse("who plays the ball?", CATEGORIES, 0, "play(instrument)", 1, 0, True)
-    assert parsed.entities == ["who", "ball"] and parsed.relations == [(0, "play", 1)]
-
-
-def test_annotation_parser_same_category_and_missing_name() -> None:
-    parsed = vidstg.annotation_parse("an adult speaks to another adult.", CATEGORIES, 0, "speak_to", 2, 0, False)
-    assert parsed.entities == ["adult", "adult"] and parsed.relations == [(0, "speak to", 1)]
-    parsed = vidstg.annotation_parse("two women talk to the kids.", CATEGORIES, 0, "speak_to", 3, 0, False)
-    assert parsed.entities == ["women", "kids"]
+def test_annotation_parser_missing_name_falls_back_to_category() -> None:
     stats = vidstg.SkipReport()
     parsed = vidstg.annotation_parse("something moves.", CATEGORIES, 0, "towards", 1, 1, False, stats=stats)
     assert parsed.entities == ["adult", "ball"]  # category names, counted
