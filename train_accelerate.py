@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--reconstruction-assignment", choices=("variational", "posterior"), default=None,
                         help="assignment fed to the M-step reconstruction (DESIGN sec. 4 open point); "
                              "default: the model config's default")
-    method.add_argument("--reconstruction-memory", choices=("frames", "pooled"), default=None,
+    method.add_argument("--reconstruction-memory", choices=("frames", "pooled", "gaussian_attention"), default=None,
                         help="what the relation decoder reads (StvgConfig.reconstruction_memory); default: the config's")
     method.add_argument("--temporal-context", choices=("frames", "frames_and_regions"), default=None,
                         help="what the Eq. 7 temporal head reads (StvgConfig.temporal_context); default: the config's")
@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--reconstruction-loss-weight", type=float, default=None, help="weight of L_rec (Eq. 15)")
     method.add_argument("--fusion-beta", type=float, default=None)
     method.add_argument("--temporal-threshold", type=float, default=None)
+    method.add_argument("--temporal-ranking-weight", type=float, default=None,
+                        help="weight of the temporal ranking loss (StvgConfig.temporal_ranking_weight; 0 = off)")
+    method.add_argument("--temporal-ranking-margin", type=float, default=None)
+    method.add_argument("--relation-evidence", choices=("states", "geometry", "states_and_geometry"), default=None,
+                        help="what the relation memory is made of (StvgConfig.relation_evidence)")
+    method.add_argument("--temporal-max-width", type=float, default=None,
+                        help="upper bound of the Eq. 7 Gaussian width (StvgConfig.temporal_max_width)")
     method.add_argument("--glove", type=Path, default=None, help="GloVe text file to initialise the word tables")
 
     run = parser.add_argument_group("run")
@@ -277,6 +284,10 @@ def build_config(args: argparse.Namespace, vocab_size: int, dims: dict[str, int]
         "contrastive_loss_weight": args.contrastive_loss_weight,
         "reconstruction_loss_weight": args.reconstruction_loss_weight,
         "temporal_threshold": args.temporal_threshold,
+        "temporal_max_width": args.temporal_max_width,
+        "relation_evidence": args.relation_evidence,
+        "temporal_ranking_weight": args.temporal_ranking_weight,
+        "temporal_ranking_margin": args.temporal_ranking_margin,
     }
     values.update({key: value for key, value in optional.items() if value is not None})
     if args.num_layers is not None:
@@ -520,7 +531,7 @@ class EMTrainer:
         accelerator = self.accelerator
         self.state["global_step"] += 1
         self.state["e_steps" if phase == "E" else "m_steps"] += 1
-        names = ("loss", "assignment_loss", "contrastive_loss", "reconstruction_loss")
+        names = ("loss", "assignment_loss", "contrastive_loss", "reconstruction_loss", "temporal_ranking_loss")
         local = {}
         for name in names:
             values = [getattr(step, name) for step in steps if getattr(step, name) is not None]
@@ -531,7 +542,7 @@ class EMTrainer:
             stacked = accelerator.reduce(torch.stack([local[k] for k in keys]).to(accelerator.device), "mean")
             local = dict(zip(keys, stacked.tolist()))
         label = {"loss": "total", "assignment_loss": "assignment", "contrastive_loss": "contrastive",
-                 "reconstruction_loss": "reconstruction"}
+                 "reconstruction_loss": "reconstruction", "temporal_ranking_loss": "temporal_ranking"}
         record = {"step": self.state["global_step"], "epoch": self.state["epoch"], "phase": phase,
                   "lr": lr, "grad_norm": grad_norm}
         record.update({f"loss/{label[k]}": v for k, v in local.items()})

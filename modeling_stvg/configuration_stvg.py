@@ -11,7 +11,8 @@ from transformers import PreTrainedConfig
 
 RECONSTRUCTION_ASSIGNMENTS = ("variational", "posterior")
 TEMPORAL_CONTEXTS = ("frames", "frames_and_regions")
-RECONSTRUCTION_MEMORIES = ("frames", "pooled")
+RECONSTRUCTION_MEMORIES = ("frames", "pooled", "gaussian_attention")
+RELATION_EVIDENCES = ("states", "geometry", "states_and_geometry")
 OBJECTIVES = ("both", "contrastive", "reconstruction")
 
 
@@ -39,6 +40,8 @@ class StvgConfig(PreTrainedConfig):
         fusion_beta: beta of Eq. 16, Z = beta * Z_q + (1 - beta) * Z_p (0.3).
         contrastive_temperature: tau of the InfoNCE loss (Eq. 11).
         temporal_min_width: lower bound of the Gaussian width of Eq. 7, as a fraction of the video length.
+        temporal_max_width: upper bound of that width (1.0 = none). A bounded window cannot cover the whole video,
+            so the reconstruction and the temporal ranking have to place it.
         temporal_threshold: inference span rule: the segment around the peak of the fused z^T where
             z^T >= temporal_threshold * max z^T.
         reconstruction_assignment: which assignment feeds the Eq. 13 reconstruction in the M-step:
@@ -53,7 +56,17 @@ class StvgConfig(PreTrainedConfig):
         reconstruction_memory: what the Eq. 15 decoder cross-attends to: "frames" = {h^r_t} for every frame t, each
             scaled by z^T_t (Eq. 13 as written), or "pooled" = one vector per relation, sum_t z^T_t h^r_t with z^T
             normalised over t; the decoder then sees only what the temporal assignment selects, so reconstruction
-            pushes z^T onto the frames that show the relation.
+            pushes z^T onto the frames that show the relation; or "gaussian_attention" = {h^r_t} unscaled, with
+            log z^T_t added to the decoder's cross-attention logits (z^T as the prior over the frames it reads).
+        relation_evidence: what h^r_t of Eq. 14 is made of: "states" (W_r on the subject's and the object's video
+            context states, the paper), "geometry" (the subject/object layout and motion from the z^S-weighted box
+            centres, :func:`relation_geometry`, projected) or "states_and_geometry" (the sum). Relations are
+            about layout and motion; appearance states let the decoder memorise the training videos.
+        temporal_ranking_weight / temporal_ranking_margin: weight (0 = off) and margin (nats per word) of the
+            temporal ranking loss of the M-step (:func:`temporal_ranking_loss`, our addition): each relation must
+            be reconstructed better from the frames z^T selects than from those it leaves out. Only z^T gets its
+            gradient, so it trains p_theta's temporal head; with reconstruction_assignment="variational" (q_phi's
+            detached z^T) there is nothing for it to move and it is not computed.
         objective: "both" (paper), "contrastive" (ablation: q_phi with L_contra only; inference uses q_phi only),
             "reconstruction" (ablation: no L_contra).
         gather_negatives: gather the sentences of all processes as InfoNCE negatives when torch.distributed is
@@ -92,16 +105,20 @@ class StvgConfig(PreTrainedConfig):
     fusion_beta: float | int = 0.3
     contrastive_temperature: float | int = 0.1
     temporal_min_width: float | int = 0.02
+    temporal_max_width: float | int = 0.3
     temporal_threshold: float | int = 0.5
     reconstruction_assignment: str = "posterior"
     box_motion: bool = True
     temporal_context: str = "frames_and_regions"
-    reconstruction_memory: str = "frames"
+    reconstruction_memory: str = "gaussian_attention"
     objective: str = "both"
     gather_negatives: bool = True
     contrastive_loss_weight: float | int = 1.0
     assignment_loss_weight: float | int = 1.0
     reconstruction_loss_weight: float | int = 1.0
+    relation_evidence: str = "geometry"
+    temporal_ranking_weight: float | int = 1.0
+    temporal_ranking_margin: float | int = 0.1
     dropout: float | int = 0.1
     train_word_embeddings: bool = True
     layer_norm_eps: float = 1e-5
@@ -156,6 +173,10 @@ class StvgConfig(PreTrainedConfig):
             raise ValueError(f"StvgConfig.fusion_beta must be in [0, 1], got {self.fusion_beta}.")
         if self.contrastive_temperature <= 0:
             raise ValueError(f"StvgConfig.contrastive_temperature must be > 0, got {self.contrastive_temperature}.")
+        if not 0.0 < self.temporal_max_width <= 1.0 or self.temporal_max_width <= self.temporal_min_width:
+            raise ValueError(
+                f"StvgConfig.temporal_max_width must be in (temporal_min_width, 1], got {self.temporal_max_width}."
+            )
         if not 0.0 < self.temporal_min_width < 1.0:
             raise ValueError(f"StvgConfig.temporal_min_width must be in (0, 1), got {self.temporal_min_width}.")
         if not 0.0 < self.temporal_threshold <= 1.0:
@@ -174,9 +195,14 @@ class StvgConfig(PreTrainedConfig):
                 f"StvgConfig.reconstruction_assignment must be one of {RECONSTRUCTION_ASSIGNMENTS}, "
                 f"got {self.reconstruction_assignment!r}."
             )
+        if self.relation_evidence not in RELATION_EVIDENCES:
+            raise ValueError(
+                f"StvgConfig.relation_evidence must be one of {RELATION_EVIDENCES}, got {self.relation_evidence!r}."
+            )
         if self.objective not in OBJECTIVES:
             raise ValueError(f"StvgConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}.")
-        for name in ("contrastive_loss_weight", "assignment_loss_weight", "reconstruction_loss_weight"):
+        for name in ("contrastive_loss_weight", "assignment_loss_weight", "reconstruction_loss_weight",
+                     "temporal_ranking_weight", "temporal_ranking_margin"):
             if getattr(self, name) < 0:
                 raise ValueError(f"StvgConfig.{name} must be >= 0, got {getattr(self, name)}.")
         if not 0.0 <= self.dropout < 1.0:

@@ -82,6 +82,9 @@ class StvgNetworkOutput(ModelOutput):
     contrastive_logits_t2v: (B,G) s(V_g, S_b) of local sentences against all videos of the global batch.
     contrastive_mask: (G,) real columns (global batch padded per process). contrastive_targets: (B,) positives.
     reconstruction_logits: (B,K,L+1,V) Eq. 15 decoder logits. reconstruction_labels: (B,K,L+1) targets, -100 = ignore.
+    ranking_selected_logits, ranking_complement_logits: (B,K,L+1,V) the decoder (weights and video detached, so only
+        z^T gets their gradient) reading the frames z^T selects / leaves out (1 - z^T), for the temporal ranking loss
+        (only when ``config.temporal_ranking_weight > 0``).
     """
 
     spatial_logits: Tensor | None = None
@@ -97,6 +100,8 @@ class StvgNetworkOutput(ModelOutput):
     contrastive_targets: Tensor | None = None
     reconstruction_logits: Tensor | None = None
     reconstruction_labels: Tensor | None = None
+    ranking_selected_logits: Tensor | None = None
+    ranking_complement_logits: Tensor | None = None
 
 
 @dataclass
@@ -108,6 +113,7 @@ class StvgStepOutput(ModelOutput):
     assignment_loss: Tensor | None = None
     contrastive_loss: Tensor | None = None
     reconstruction_loss: Tensor | None = None
+    temporal_ranking_loss: Tensor | None = None
     q_output: StvgNetworkOutput | None = None
     p_output: StvgNetworkOutput | None = None
 
@@ -419,8 +425,9 @@ class StvgAttention(nn.Module):
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden: Tensor, context: Tensor | None = None, key_mask: Tensor | None = None,
-                causal: bool = False) -> Tensor:
-        """hidden (S,Lq,D) attends to context (S,Lk,D) (default: itself); key_mask (S,Lk) True = real key."""
+                causal: bool = False, key_bias: Tensor | None = None) -> Tensor:
+        """hidden (S,Lq,D) attends to context (S,Lk,D) (default: itself); key_mask (S,Lk) True = real key;
+        key_bias (S,Lk) float, added to every query's attention logits (a log-prior over the keys)."""
         context = hidden if context is None else context
         seqs, q_len, dim = hidden.shape
         k_len = context.shape[1]
@@ -435,6 +442,9 @@ class StvgAttention(nn.Module):
         if causal:
             causal_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=hidden.device).tril()  # (Lq,Lk)
             mask = causal_mask if mask is None else mask & causal_mask
+        if key_bias is not None:
+            bias = key_bias.to(q.dtype)[:, None, None, :]  # (S,1,1,Lk)
+            mask = bias if mask is None else torch.where(mask, bias, float("-inf"))
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )  # (S,H,Lq,dh)
@@ -467,13 +477,13 @@ class StvgTransformerLayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, hidden: Tensor, mask: Tensor | None = None, context: Tensor | None = None,
-                context_mask: Tensor | None = None, causal: bool = False) -> Tensor:
-        """hidden (S,L,D), mask (S,L); context (S,Lc,D), context_mask (S,Lc)."""
+                context_mask: Tensor | None = None, causal: bool = False, context_bias: Tensor | None = None) -> Tensor:
+        """hidden (S,L,D), mask (S,L); context (S,Lc,D), context_mask (S,Lc), context_bias (S,Lc) log-prior."""
         if self.self_attn is not None:
             hidden = hidden + self.dropout(self.self_attn(self.self_norm(hidden), key_mask=mask, causal=causal))
         if self.cross_attn is not None:
             hidden = hidden + self.dropout(
-                self.cross_attn(self.cross_norm(hidden), context=context, key_mask=context_mask)
+                self.cross_attn(self.cross_norm(hidden), context=context, key_mask=context_mask, key_bias=context_bias)
             )
         return hidden + self.dropout(self.ffn(self.ffn_norm(hidden)))
 
@@ -542,6 +552,7 @@ class StvgTemporalHead(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.out = nn.Linear(config.hidden_size, 2)
         self.min_width = float(config.temporal_min_width)
+        self.max_width = float(config.temporal_max_width)
 
     def forward(self, frame_states: Tensor, frame_mask: Tensor, phrase_states: Tensor,
                 phrase_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -556,7 +567,7 @@ class StvgTemporalHead(nn.Module):
         pooled = masked_mean(queries, phrase_mask, dim=2)  # (Bv,P,D)
         params = torch.sigmoid(self.out(pooled).float())  # (Bv,P,2)
         centre = params[..., 0]
-        width = self.min_width + (1.0 - self.min_width) * params[..., 1]
+        width = self.min_width + (self.max_width - self.min_width) * params[..., 1]
         return centre, width
 
 
@@ -707,6 +718,33 @@ def relation_features(entity_features: Tensor, relation_entities: Tensor, projec
     return projection(torch.cat([h_subject, h_object], dim=-1))  # (B,K,T,D)
 
 
+RELATION_GEOMETRY_DIM = 10
+
+
+def relation_geometry(tube_boxes: Tensor, spatial_assignment: Tensor, relation_entities: Tensor, frame_mask: Tensor,
+                      motion_scale: float = 10.0) -> Tensor:
+    """Per-frame layout of each relation's subject and object, from the assignment-weighted box centres
+    (differentiable in z^S): object-minus-subject offset (2) and distance (1), their change to the next frame (3), and
+    the subject's and the object's own motion (4); changes times ``motion_scale``; object -1 -> zeros.
+
+    tube_boxes (B,T,M,4), spatial_assignment (B,T,N,M), relation_entities (B,K,2), frame_mask (B,T) -> (B,K,T,10).
+    """
+    centres = 0.5 * (tube_boxes[..., :2] + tube_boxes[..., 2:])  # (B,T,M,2)
+    entity_centres = torch.einsum("btnm,btmc->bntc", spatial_assignment.to(centres.dtype), centres)  # (B,N,T,2)
+    subject = gather_entities(entity_centres, relation_entities[..., 0].clamp_min(0))  # (B,K,T,2)
+    obj = gather_entities(entity_centres, relation_entities[..., 1])  # (B,K,T,2), zeros without an object
+    has_object = (relation_entities[..., 1] >= 0)[:, :, None, None].to(centres.dtype)  # (B,K,1,1)
+    offset = (obj - subject) * has_object  # (B,K,T,2)
+    layout = torch.cat([offset, offset.norm(dim=-1, keepdim=True)], dim=-1)  # (B,K,T,3)
+    both_real = (frame_mask[:, 1:] & frame_mask[:, :-1])[:, None, :, None].to(centres.dtype)  # (B,1,T-1,1)
+
+    def change(values: Tensor) -> Tensor:  # (B,K,T,C) -> change to the next frame, 0 on the last / padded frames
+        return F.pad((values[:, :, 1:] - values[:, :, :-1]) * both_real, (0, 0, 0, 1)) * motion_scale
+
+    motion = torch.cat([change(layout), change(subject), change(obj)], dim=-1)  # (B,K,T,7)
+    return torch.cat([layout, motion], dim=-1) * frame_mask[:, None, :, None].to(centres.dtype)
+
+
 def build_reconstruction_targets(relation_token_ids: Tensor, bos_id: int, eos_id: int,
                                  pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
     """Teacher-forcing pairs for Eq. 15: decoder input [BOS, w_1..w_L] and labels [w_1..w_L, EOS] (pad -> -100).
@@ -741,14 +779,16 @@ class StvgRelationDecoder(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, word_vectors: Tensor, input_mask: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
+    def forward(self, word_vectors: Tensor, input_mask: Tensor, memory: Tensor, memory_mask: Tensor,
+                memory_bias: Tensor | None = None) -> Tensor:
         """word_vectors (S,L,E) embedded decoder inputs, input_mask (S,L), memory (S,T,D) = h^r_t, memory_mask (S,T)
         -> logits (S,L,V). Position l only sees positions <= l."""
         length = word_vectors.shape[1]
         positions = torch.arange(length, device=word_vectors.device)
         hidden = self.dropout(self.word_proj(word_vectors) + self.position(positions)[None])  # (S,L,D)
         for layer in self.layers:
-            hidden = layer(hidden, mask=input_mask, context=memory, context_mask=memory_mask, causal=True)
+            hidden = layer(hidden, mask=input_mask, context=memory, context_mask=memory_mask, causal=True,
+                           context_bias=memory_bias)
         return self.lm_head(self.norm(hidden))
 
 
@@ -761,6 +801,35 @@ def reconstruction_loss(output: StvgNetworkOutput) -> Tensor:
     if not bool((labels != IGNORE_INDEX).any()):
         return logits.sum() * 0.0  # keeps every decoder parameter in the graph (DDP) with a zero gradient
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def call_with_frozen_weights(module: nn.Module, *args: Any) -> Any:
+    """``module(*args)`` with its parameters detached: gradients reach the inputs, never the module's weights."""
+    weights = {name: param.detach() for name, param in module.named_parameters()}
+    return torch.func.functional_call(module, weights, args)
+
+
+def relation_token_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean token cross-entropy of every relation: logits (B,K,L,V), labels (B,K,L) -> (nll (B,K), real (B,K))."""
+    token_nll = F.cross_entropy(
+        logits.float().flatten(0, 2), labels.flatten().clamp_min(0), reduction="none"
+    ).view(labels.shape)  # (B,K,L)
+    real = labels != IGNORE_INDEX  # (B,K,L)
+    return (token_nll * real).sum(-1) / real.sum(-1).clamp_min(1), real.any(-1)
+
+
+def temporal_ranking_loss(output: StvgNetworkOutput, margin: float) -> Tensor:
+    """Temporal ranking (our addition, after weakly-supervised moment localisation by reconstruction): every relation
+    must be reconstructed better, by ``margin`` nats per word, from the frames z^T selects than from the frames it
+    leaves out: mean over real relations of max(0, margin + NLL(z^T) - NLL(1 - z^T)). A relation that holds only on
+    part of the video is then only explained by a z^T that covers that part (Eq. 15 alone is as happy with the
+    whole video)."""
+    if output.ranking_complement_logits is None:
+        raise ValueError("temporal_ranking_loss needs config.temporal_ranking_weight > 0 and compute_reconstruction.")
+    selected, real = relation_token_nll(output.ranking_selected_logits, output.reconstruction_labels)  # (B,K)
+    left_out, _ = relation_token_nll(output.ranking_complement_logits, output.reconstruction_labels)  # (B,K)
+    hinge = F.relu(margin + selected - left_out)  # (B,K)
+    return (hinge * real).sum() / real.sum().clamp_min(1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -957,7 +1026,7 @@ class StvgNetwork(nn.Module):
         if compute_reconstruction:
             self._reconstruct(
                 output, relation_token_ids, relation_entities, relation_mask, frame_mask,
-                reconstruction_spatial_assignment, reconstruction_temporal_assignment,
+                reconstruction_spatial_assignment, reconstruction_temporal_assignment, tube_boxes,
             )
         return output
 
@@ -1003,7 +1072,7 @@ class StvgNetwork(nn.Module):
 
     def _reconstruct(self, output: StvgNetworkOutput, relation_token_ids: Tensor, relation_entities: Tensor,
                      relation_mask: Tensor, frame_mask: Tensor, spatial_override: Tensor | None,
-                     temporal_override: Tensor | None) -> None:
+                     temporal_override: Tensor | None, tube_boxes: Tensor) -> None:
         raise ValueError(f"{type(self).__name__} has no reconstruction decoder; use p_theta.")
 
 
@@ -1024,7 +1093,11 @@ class StvgPosteriorNetwork(StvgNetwork):
         dim = config.hidden_size
         self.relation_subject = nn.Linear(dim, dim)
         self.relation_object = nn.Linear(dim, dim)
-        self.relation_projection = nn.Linear(2 * dim, dim)  # W_r, b_r of Eq. 14
+        # W_r, b_r of Eq. 14 on the entities' states; the geometry projection on their layout
+        self.relation_projection = nn.Linear(2 * dim, dim) if config.relation_evidence != "geometry" else None
+        self.geometry_projection = (
+            nn.Linear(RELATION_GEOMETRY_DIM, dim) if config.relation_evidence != "states" else None
+        )
         self.decoder = StvgRelationDecoder(config)
 
     def relation_tokens(self, entities: Tensor, relation_token_ids: Tensor, relation_entities: Tensor,
@@ -1038,44 +1111,80 @@ class StvgPosteriorNetwork(StvgNetwork):
 
     def reconstruction_logits(self, video_states: Tensor, spatial_assignment: Tensor, temporal_assignment: Tensor,
                               relation_token_ids: Tensor, relation_entities: Tensor, relation_mask: Tensor,
-                              frame_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Eq. 13-15 with a given assignment -> (logits (B,K,L+1,V), labels (B,K,L+1), -100 = ignore)."""
+                              frame_mask: Tensor, geometry: Tensor | None = None,
+                              frozen: bool = False) -> tuple[Tensor, Tensor]:
+        """Eq. 13-15 with a given assignment -> (logits (B,K,L+1,V), labels (B,K,L+1), -100 = ignore).
+        ``geometry`` (B,K,T,10): :func:`relation_geometry`, needed unless ``config.relation_evidence == "states"``.
+        ``frozen``: run W_r, the word table and the decoder with detached weights (they get no gradient)."""
         cfg = self.config
+        run = call_with_frozen_weights if frozen else (lambda module, *args: module(*args))
+        if cfg.reconstruction_memory == "pooled":  # sum_t z~_t (.) with z~ normalised over the real frames
+            weights = normalise_over_time(temporal_assignment, frame_mask)  # (B,T)
+        elif cfg.reconstruction_memory == "gaussian_attention":  # z^T enters as the attention prior instead
+            weights = frame_mask.to(video_states.dtype)  # (B,T)
+        else:  # Eq. 13 as written
+            weights = temporal_assignment  # (B,T)
+        entity_features = entity_video_features(video_states, spatial_assignment, weights)  # (B,T,N,D)
+        if geometry is not None:
+            geometry = geometry * weights.to(geometry.dtype)[:, None, :, None]  # (B,K,T,10), weighted like H_t
         if cfg.reconstruction_memory == "pooled":
-            weights = normalise_over_time(temporal_assignment, frame_mask)  # (B,T), sums to 1 over real frames
-            entity_features = entity_video_features(video_states, spatial_assignment, weights)  # (B,T,N,D)
-            entity_features = entity_features.sum(dim=1, keepdim=True)  # (B,1,N,D): sum_t z~_t z^S_t V_t
+            entity_features = entity_features.sum(dim=1, keepdim=True)  # (B,1,N,D)
+            geometry = None if geometry is None else geometry.sum(dim=2, keepdim=True)  # (B,K,1,10)
             frame_mask = frame_mask.new_ones(frame_mask.shape[0], 1)  # (B,1)
-        else:
-            entity_features = entity_video_features(video_states, spatial_assignment, temporal_assignment)  # (B,T,N,D)
-        memory = relation_features(entity_features, relation_entities, self.relation_projection)  # (B,K,T or 1,D)
+        memory = 0.0
+        if cfg.relation_evidence != "geometry":  # Eq. 14 on the entities' video states
+            projection = lambda features: run(self.relation_projection, features)  # noqa: E731
+            memory = relation_features(entity_features, relation_entities, projection)  # (B,K,T or 1,D)
+        if cfg.relation_evidence != "states":
+            if geometry is None:
+                raise ValueError(f"relation_evidence={cfg.relation_evidence!r} needs the relation geometry.")
+            memory = memory + run(self.geometry_projection, geometry.to(video_states.dtype))  # (B,K,T or 1,D)
         batch, relations, frames, dim = memory.shape
         input_ids, labels, input_mask = build_reconstruction_targets(
             relation_token_ids, cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id
         )  # (B,K,L+1) each
         labels = labels.masked_fill(~relation_mask[..., None], IGNORE_INDEX)
         length = input_ids.shape[-1]
-        word_vectors = self.word_embeddings(input_ids).view(batch * relations, length, -1)  # (B*K,L+1,E)
+        word_vectors = run(self.word_embeddings, input_ids).view(batch * relations, length, -1)  # (B*K,L+1,E)
         memory_mask = frame_mask[:, None, :].expand(batch, relations, frames).reshape(batch * relations, frames)
-        logits = self.decoder(
-            word_vectors, input_mask.view(batch * relations, length), memory.reshape(batch * relations, frames, dim),
-            memory_mask,
+        memory_bias = None
+        if cfg.reconstruction_memory == "gaussian_attention":
+            log_prior = torch.log(temporal_assignment.float().clamp_min(1e-6))  # (B,T)
+            memory_bias = log_prior[:, None, :].expand(batch, relations, frames).reshape(batch * relations, frames)
+        logits = run(
+            self.decoder, word_vectors, input_mask.view(batch * relations, length),
+            memory.reshape(batch * relations, frames, dim), memory_mask, memory_bias,
         )  # (B*K,L+1,V)
         return logits.view(batch, relations, length, -1), labels
 
     def _reconstruct(self, output: StvgNetworkOutput, relation_token_ids: Tensor, relation_entities: Tensor,
                      relation_mask: Tensor, frame_mask: Tensor, spatial_override: Tensor | None,
-                     temporal_override: Tensor | None) -> None:
+                     temporal_override: Tensor | None, tube_boxes: Tensor) -> None:
         if (spatial_override is None) != (temporal_override is None):
             raise ValueError("pass both reconstruction_spatial_assignment and reconstruction_temporal_assignment.")
         z_spatial = output.spatial_assignment if spatial_override is None else spatial_override
         z_temporal = output.temporal_assignment if temporal_override is None else temporal_override
+        geometry = None
+        if self.config.relation_evidence != "states":
+            geometry = relation_geometry(tube_boxes, z_spatial, relation_entities, frame_mask)  # (B,K,T,10)
         logits, labels = self.reconstruction_logits(
             output.video_states, z_spatial, z_temporal, relation_token_ids, relation_entities, relation_mask,
-            frame_mask,
+            frame_mask, geometry=geometry,
         )
         output.reconstruction_logits = logits
         output.reconstruction_labels = labels
+        if self.config.temporal_ranking_weight > 0 and temporal_override is None:
+            # (with an override, e.g. q_phi's detached assignment, there is no z^T of ours to move)
+            # the ranking must move z^T, not teach the decoder (or the video encoder) to fail on the left-out frames
+            states, spatial = output.video_states.detach(), z_spatial.detach()
+            geometry = None if geometry is None else geometry.detach()
+            complement = (1.0 - z_temporal.float()) * frame_mask  # (B,T): the frames z^T leaves out
+            for name, weights in (("ranking_selected_logits", z_temporal), ("ranking_complement_logits", complement)):
+                ranking_logits, _ = self.reconstruction_logits(
+                    states, spatial, weights, relation_token_ids, relation_entities, relation_mask, frame_mask,
+                    geometry=geometry, frozen=True,
+                )
+                setattr(output, name, ranking_logits)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1084,8 +1193,10 @@ class StvgPosteriorNetwork(StvgNetwork):
 
 
 def _weighted_sum(config: StvgConfig, assignment: Tensor | None, contrastive: Tensor | None,
-                  reconstruction: Tensor | None) -> Tensor | None:
+                  reconstruction: Tensor | None, ranking: Tensor | None = None) -> Tensor | None:
     terms = []
+    if ranking is not None:
+        terms.append(config.temporal_ranking_weight * ranking)
     if assignment is not None:
         terms.append(config.assignment_loss_weight * assignment)
     if contrastive is not None:
@@ -1144,9 +1255,13 @@ def compute_m_step_loss(q_phi: Callable[..., StvgNetworkOutput], p_theta: Callab
         p_output, q_output, prepared["tube_mask"], prepared["entity_mask"], prepared["frame_mask"]
     )
     reconstruction = reconstruction_loss(p_output)
+    ranking = None
+    if p_output.ranking_complement_logits is not None:
+        ranking = temporal_ranking_loss(p_output, float(config.temporal_ranking_margin))
     return StvgStepOutput(
-        loss=_weighted_sum(config, assignment, None, reconstruction),
-        assignment_loss=assignment, reconstruction_loss=reconstruction, q_output=q_output, p_output=p_output,
+        loss=_weighted_sum(config, assignment, None, reconstruction, ranking),
+        assignment_loss=assignment, reconstruction_loss=reconstruction, temporal_ranking_loss=ranking,
+        q_output=q_output, p_output=p_output,
     )
 
 
