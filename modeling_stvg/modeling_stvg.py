@@ -1124,21 +1124,23 @@ class StvgPosteriorNetwork(StvgNetwork):
             weights = frame_mask.to(video_states.dtype)  # (B,T)
         else:  # Eq. 13 as written
             weights = temporal_assignment  # (B,T)
-        entity_features = entity_video_features(video_states, spatial_assignment, weights)  # (B,T,N,D)
-        if geometry is not None:
-            geometry = geometry * weights.to(geometry.dtype)[:, None, :, None]  # (B,K,T,10), weighted like H_t
-        if cfg.reconstruction_memory == "pooled":
-            entity_features = entity_features.sum(dim=1, keepdim=True)  # (B,1,N,D)
-            geometry = None if geometry is None else geometry.sum(dim=2, keepdim=True)  # (B,K,1,10)
-            frame_mask = frame_mask.new_ones(frame_mask.shape[0], 1)  # (B,1)
+        pooled = cfg.reconstruction_memory == "pooled"
         memory = 0.0
-        if cfg.relation_evidence != "geometry":  # Eq. 14 on the entities' video states
+        if cfg.relation_evidence != "geometry":  # Eq. 14 on the entities' video states (Eq. 13)
+            entity_features = entity_video_features(video_states, spatial_assignment, weights)  # (B,T,N,D)
+            if pooled:
+                entity_features = entity_features.sum(dim=1, keepdim=True)  # (B,1,N,D)
             projection = lambda features: run(self.relation_projection, features)  # noqa: E731
             memory = relation_features(entity_features, relation_entities, projection)  # (B,K,T or 1,D)
         if cfg.relation_evidence != "states":
             if geometry is None:
                 raise ValueError(f"relation_evidence={cfg.relation_evidence!r} needs the relation geometry.")
+            geometry = geometry * weights.to(geometry.dtype)[:, None, :, None]  # (B,K,T,10), weighted like H_t
+            if pooled:
+                geometry = geometry.sum(dim=2, keepdim=True)  # (B,K,1,10)
             memory = memory + run(self.geometry_projection, geometry.to(video_states.dtype))  # (B,K,T or 1,D)
+        if pooled:
+            frame_mask = frame_mask.new_ones(frame_mask.shape[0], 1)  # (B,1)
         batch, relations, frames, dim = memory.shape
         input_ids, labels, input_mask = build_reconstruction_targets(
             relation_token_ids, cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id
