@@ -24,7 +24,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 # The demo: build the default synthetic benchmark, score the object-similarity baseline, train with EM
-# (small model, 8 epochs: TIME_PLACEHOLDER on 2 CPU cores after installation), then print both rows in one table.
+# (small model, 8 epochs: 7 min 45 s on 2 CPU cores after installation), then print both rows in one table.
 # Re-running reuses a finished build/baseline and starts training afresh.
 DEMO_TRAIN_ARGS ?= $(DEMO_MODEL_ARGS) --epochs 8 --learning-rate 1e-3 --seed $(DEMO_SEED)
 DEMO_MODEL_ARGS ?= --hidden-size 128 --num-attention-heads 4 --num-layers 1 --intermediate-size 256 --word-embedding-dim 64
@@ -40,7 +40,8 @@ demo: install
 		"stvg-vem (EM)=$(DEMO_DIR)/model/metrics.json" --output $(DEMO_DIR)/results.txt
 
 # The README's results table: the full model, both single-loss ablations and the paper's literal
-# reconstruction assignment, 3 training seeds each, on the demo's benchmark (RESULTS_TIME on 2 CPU cores).
+# reconstruction assignment, 3 training seeds each, on the demo's benchmark: 12 runs of up to 13 minutes each on one
+# CPU thread (the README's table: 71 minutes on 2 cores with two runs side by side).
 RESULTS_DIR ?= outputs/results
 RESULTS_SEEDS ?= 0 1 2
 RESULTS_VARIANTS ?= full:--losses=both contrastive:--losses=contrastive reconstruction:--losses=reconstruction \
