@@ -59,10 +59,21 @@ from typing import Any
 
 import torch
 
+from modeling_stvg.configuration_stvg import (
+    OBJECTIVES,
+    RECONSTRUCTION_ASSIGNMENTS,
+    RECONSTRUCTION_MEMORIES,
+    RELATION_EVIDENCES,
+    TEMPORAL_CONTEXTS,
+)
+
 TRAINER_STATE = "trainer_state.json"
 LOG_NAME = "train_log.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 HUB_IGNORE_PATTERNS = [f"{CHECKPOINT_DIR}/*", "runs/*", "*.tmp"]
+# StvgStepOutput loss fields -> their name in the log (``loss/<name>``)
+STEP_LOSS_LABELS = {"loss": "total", "assignment_loss": "assignment", "contrastive_loss": "contrastive",
+                    "reconstruction_loss": "reconstruction", "temporal_ranking_loss": "temporal_ranking"}
 
 
 class TrainingInputError(ValueError):
@@ -111,14 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--seed", type=int, default=0)
 
     method = parser.add_argument_group("method")
-    method.add_argument("--losses", choices=("both", "contrastive", "reconstruction"), default="both",
+    method.add_argument("--losses", choices=OBJECTIVES, default="both",
                         help="paper ablations: both losses, L_contra only (q_phi alone), or no L_contra")
-    method.add_argument("--reconstruction-assignment", choices=("variational", "posterior"), default=None,
+    method.add_argument("--reconstruction-assignment", choices=RECONSTRUCTION_ASSIGNMENTS, default=None,
                         help="assignment fed to the M-step reconstruction (DESIGN sec. 4 open point); "
                              "default: the model config's default")
-    method.add_argument("--reconstruction-memory", choices=("frames", "pooled", "gaussian_attention"), default=None,
+    method.add_argument("--reconstruction-memory", choices=RECONSTRUCTION_MEMORIES, default=None,
                         help="what the relation decoder reads (StvgConfig.reconstruction_memory); default: the config's")
-    method.add_argument("--temporal-context", choices=("frames", "frames_and_regions"), default=None,
+    method.add_argument("--temporal-context", choices=TEMPORAL_CONTEXTS, default=None,
                         help="what the Eq. 7 temporal head reads (StvgConfig.temporal_context); default: the config's")
     method.add_argument("--box-motion", choices=("on", "off"), default=None,
                         help="tube motion in the box embedding (StvgConfig.box_motion); default: the config's")
@@ -138,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--temporal-ranking-weight", type=float, default=None,
                         help="weight of the temporal ranking loss (StvgConfig.temporal_ranking_weight; 0 = off)")
     method.add_argument("--temporal-ranking-margin", type=float, default=None)
-    method.add_argument("--relation-evidence", choices=("states", "geometry", "states_and_geometry"), default=None,
+    method.add_argument("--relation-evidence", choices=RELATION_EVIDENCES, default=None,
                         help="what the relation memory is made of (StvgConfig.relation_evidence)")
     method.add_argument("--temporal-max-width", type=float, default=None,
                         help="upper bound of the Eq. 7 Gaussian width (StvgConfig.temporal_max_width)")
@@ -531,9 +542,8 @@ class EMTrainer:
         accelerator = self.accelerator
         self.state["global_step"] += 1
         self.state["e_steps" if phase == "E" else "m_steps"] += 1
-        names = ("loss", "assignment_loss", "contrastive_loss", "reconstruction_loss", "temporal_ranking_loss")
         local = {}
-        for name in names:
+        for name in STEP_LOSS_LABELS:
             values = [getattr(step, name) for step in steps if getattr(step, name) is not None]
             if values:
                 local[name] = torch.stack([v.detach().float() for v in values]).mean()
@@ -541,11 +551,9 @@ class EMTrainer:
         if keys:  # every process has the same keys; average over processes
             stacked = accelerator.reduce(torch.stack([local[k] for k in keys]).to(accelerator.device), "mean")
             local = dict(zip(keys, stacked.tolist()))
-        label = {"loss": "total", "assignment_loss": "assignment", "contrastive_loss": "contrastive",
-                 "reconstruction_loss": "reconstruction", "temporal_ranking_loss": "temporal_ranking"}
         record = {"step": self.state["global_step"], "epoch": self.state["epoch"], "phase": phase,
                   "lr": lr, "grad_norm": grad_norm}
-        record.update({f"loss/{label[k]}": v for k, v in local.items()})
+        record.update({f"loss/{STEP_LOSS_LABELS[k]}": v for k, v in local.items()})
         self.logger.write(record)
         if accelerator.trackers:
             accelerator.log({f"{phase}/{k}": v for k, v in record.items() if k not in ("step", "phase")},

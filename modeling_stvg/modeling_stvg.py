@@ -250,10 +250,15 @@ def link_tubes(
     return order
 
 
+def box_centres(boxes: Tensor) -> Tensor:
+    """Centres of x1y1x2y2 boxes: (...,4) -> (...,2)."""
+    return 0.5 * (boxes[..., :2] + boxes[..., 2:])
+
+
 def tube_motion(tube_boxes: Tensor, tube_mask: Tensor, scale: float = 10.0) -> Tensor:
     """Centre displacement of every tube box to the previous and to the next frame of its tube (0 where either box
     is missing), times ``scale`` so a typical step is O(0.1-1). tube_boxes (B,T,M,4), tube_mask (B,T,M) -> (B,T,M,4)."""
-    centre = 0.5 * (tube_boxes[..., :2] + tube_boxes[..., 2:])  # (B,T,M,2)
+    centre = box_centres(tube_boxes)  # (B,T,M,2)
     step = (centre[:, 1:] - centre[:, :-1]) * (tube_mask[:, 1:] & tube_mask[:, :-1])[..., None]  # (B,T-1,M,2)
     from_previous = F.pad(step, (0, 0, 0, 0, 1, 0))  # (B,T,M,2): frame t minus frame t-1
     to_next = F.pad(step, (0, 0, 0, 0, 0, 1))  # (B,T,M,2): frame t+1 minus frame t
@@ -729,7 +734,7 @@ def relation_geometry(tube_boxes: Tensor, spatial_assignment: Tensor, relation_e
 
     tube_boxes (B,T,M,4), spatial_assignment (B,T,N,M), relation_entities (B,K,2), frame_mask (B,T) -> (B,K,T,10).
     """
-    centres = 0.5 * (tube_boxes[..., :2] + tube_boxes[..., 2:])  # (B,T,M,2)
+    centres = box_centres(tube_boxes)  # (B,T,M,2)
     entity_centres = torch.einsum("btnm,btmc->bntc", spatial_assignment.to(centres.dtype), centres)  # (B,N,T,2)
     subject = gather_entities(entity_centres, relation_entities[..., 0].clamp_min(0))  # (B,K,T,2)
     obj = gather_entities(entity_centres, relation_entities[..., 1])  # (B,K,T,2), zeros without an object
