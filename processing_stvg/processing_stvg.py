@@ -11,9 +11,10 @@ the post-processing keys (:data:`POSTPROCESS_KEYS`): ``frame_ids`` (B, T) absolu
 (B, T, M, 4). ``processor.model_inputs(batch)`` keeps only
 the model-input keys.
 
-:func:`build_model_inputs` builds the same model-input layout (INTERFACES: ``MODEL_INPUT_NAMES``) as the
-trainer's collation, ``stvg_data.batching.collate_stvg``, but is separate code: an empty phrase is an error
-here and ``[UNK]`` there.
+:func:`build_model_inputs` turns each (video, sentence) pair into the trainer's item
+(``stvg_data.batching.encode_video`` / ``encode_query``) and pads them with the trainer's collation,
+``stvg_data.batching.collate_stvg`` (INTERFACES: ``MODEL_INPUT_NAMES``); it only adds input checks (an
+empty phrase is an error here and ``[UNK]`` there) and the post-processing keys.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from modeling_stvg.modeling_stvg import MODEL_INPUT_NAMES
+from stvg_data.batching import collate_stvg, encode_query, encode_video, normalise_boxes
 from stvg_data.evaluation import write_json_atomic
 from stvg_data.inference import clamp_span, span_to_frame_ids  # the one span rule (DESIGN sec. 6, README "Conventions")
 
@@ -65,24 +67,48 @@ def _as_parsed(sentence: ParsedSentence | Mapping[str, Any]) -> ParsedSentence:
     )
 
 
-def _phrase_ids(tokenizer: Any, phrase: str, limit: int | None, what: str) -> list[int]:
-    ids = encode_words(tokenizer, phrase)
-    if not ids:
-        raise ProcessorInputError(f"{what} {phrase!r} has no word the tokenizer can encode")
-    return ids[:limit] if limit else ids
+def _check_phrases(b: int, sentence: ParsedSentence, tokenizer: Any) -> None:
+    """Raise :class:`ProcessorInputError` for a phrase with no word the tokenizer can encode (the
+    trainer would use ``[UNK]``)."""
+    phrases = [("entity", e) for e in sentence.entities] + [("relation predicate", r[1]) for r in sentence.relations]
+    for what, phrase in phrases:
+        if not encode_words(tokenizer, phrase):
+            raise ProcessorInputError(f"item {b}: {what} {phrase!r} has no word the tokenizer can encode")
 
 
-def _pad_2d(rows: list[list[int]], width: int, value: int = 0) -> np.ndarray:
-    out = np.full((len(rows), max(width, 1)), value, dtype=np.int64)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = row
-    return out
+def _checked_clip(b: int, video: Mapping[str, Any]) -> dict[str, Any]:
+    """The arrays of one video as numpy (features float32), after checking their shapes and frame size."""
+    boxes = np.asarray(video["boxes"], dtype=np.float32)
+    labels = np.asarray(video["box_labels"], dtype=np.int64)
+    regions = np.asarray(video["region_features"], dtype=np.float32)
+    frames = np.asarray(video["frame_features"], dtype=np.float32)
+    if boxes.ndim != 3 or boxes.shape[-1] != 4 or labels.shape != boxes.shape[:2]:
+        raise ProcessorInputError(f"video {b}: boxes {boxes.shape} / box_labels {labels.shape} do not match (T, M, 4)")
+    if regions.shape[:2] != boxes.shape[:2] or frames.shape[0] != boxes.shape[0]:
+        raise ProcessorInputError(
+            f"video {b}: region_features {regions.shape} / frame_features {frames.shape} do not match boxes {boxes.shape}"
+        )
+    width, height = float(video["width"]), float(video["height"])
+    if width <= 0 or height <= 0:
+        raise ProcessorInputError(f"video {b}: width/height must be positive, got {width}x{height}")
+    return {
+        "boxes": boxes,
+        "box_labels": labels,
+        "region_features": regions,
+        "frame_features": frames,
+        "width": width,
+        "height": height,
+    }
 
 
-def normalise_boxes(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
-    """Pixel boxes x1 y1 x2 y2 -> fractions of the frame (``region_boxes`` of the model inputs)."""
-    scale = np.asarray([width, height, width, height], dtype=np.float32)
-    return np.asarray(boxes, dtype=np.float32) / scale
+def _frame_ids(b: int, video: Mapping[str, Any], num_frames: int) -> np.ndarray | None:
+    """The video's ``frame_ids`` (T,) if it gives them (checked against its T), else None."""
+    if video.get("frame_ids") is None:
+        return None
+    ids = np.asarray(video["frame_ids"], dtype=np.int64)
+    if ids.shape != (num_frames,):
+        raise ProcessorInputError(f"video {b}: frame_ids has {ids.shape} entries, features have {num_frames} frames")
+    return ids
 
 
 def _segment_end(video: Mapping[str, Any], ids: np.ndarray) -> int:
@@ -106,7 +132,9 @@ def build_model_inputs(
     with_postprocess: bool = True,
     dtype: torch.dtype = torch.float32,
 ) -> BatchFeature:
-    """Model inputs (INTERFACES.md) for B (video, sentence) pairs, padded to the batch maxima.
+    """Model inputs (INTERFACES.md) for B (video, sentence) pairs: each pair becomes the trainer's item
+    (``stvg_data.batching.encode_video`` + ``encode_query``; ``region_boxes`` clipped to [0, 1]), padded
+    to the batch maxima by ``stvg_data.batching.collate_stvg``.
 
     Args:
         videos: per item a mapping with ``boxes`` (T, M, 4) pixels, ``box_labels`` (T, M) (-1 =
@@ -131,98 +159,36 @@ def build_model_inputs(
     if not videos:
         raise ProcessorInputError("build_model_inputs needs at least one (video, sentence) pair")
     parsed = [_as_parsed(s) for s in sentences]
-    arrays = []
-    for b, video in enumerate(videos):
-        boxes = np.asarray(video["boxes"], dtype=np.float32)
-        labels = np.asarray(video["box_labels"], dtype=np.int64)
-        regions = np.asarray(video["region_features"], dtype=np.float32)
-        frames = np.asarray(video["frame_features"], dtype=np.float32)
-        if boxes.ndim != 3 or boxes.shape[-1] != 4 or labels.shape != boxes.shape[:2]:
-            raise ProcessorInputError(f"video {b}: boxes {boxes.shape} / box_labels {labels.shape} do not match (T, M, 4)")
-        if regions.shape[:2] != boxes.shape[:2] or frames.shape[0] != boxes.shape[0]:
-            raise ProcessorInputError(
-                f"video {b}: region_features {regions.shape} / frame_features {frames.shape} do not match boxes {boxes.shape}"
-            )
-        width, height = float(video["width"]), float(video["height"])
-        if width <= 0 or height <= 0:
-            raise ProcessorInputError(f"video {b}: width/height must be positive, got {width}x{height}")
-        arrays.append((boxes, labels, regions, frames, width, height))
-    batch = len(videos)
-    T = max(a[0].shape[0] for a in arrays)
-    M = max(a[0].shape[1] for a in arrays)
-    Dv = arrays[0][2].shape[-1]
-    Df = arrays[0][3].shape[-1]
-    if any(a[2].shape[-1] != Dv or a[3].shape[-1] != Df for a in arrays):
+    clips = [_checked_clip(b, video) for b, video in enumerate(videos)]
+    Dv, Df = clips[0]["region_features"].shape[-1], clips[0]["frame_features"].shape[-1]
+    if any(c["region_features"].shape[-1] != Dv or c["frame_features"].shape[-1] != Df for c in clips):
         raise ProcessorInputError("all videos of a batch need the same region/frame feature widths")
-    region_features = np.zeros((batch, T, M, Dv), dtype=np.float32)
-    region_boxes = np.zeros((batch, T, M, 4), dtype=np.float32)
-    pixel_boxes = np.zeros((batch, T, M, 4), dtype=np.float32)
-    region_mask = np.zeros((batch, T, M), dtype=bool)
-    frame_features = np.zeros((batch, T, Df), dtype=np.float32)
-    frame_mask = np.zeros((batch, T), dtype=bool)
-    frame_ids = np.full((batch, T), -1, dtype=np.int64)
-    segment_end = np.zeros((batch,), dtype=np.int64)
-    for b, (boxes, labels, regions, frames, width, height) in enumerate(arrays):
-        t, m = boxes.shape[:2]
-        region_features[b, :t, :m] = regions
-        region_boxes[b, :t, :m] = normalise_boxes(boxes, width, height)
-        pixel_boxes[b, :t, :m] = boxes
-        region_mask[b, :t, :m] = labels != -1
-        frame_features[b, :t] = frames
-        frame_mask[b, :t] = True
-        if "frame_ids" in videos[b] and videos[b]["frame_ids"] is not None:
-            ids = np.asarray(videos[b]["frame_ids"], dtype=np.int64)
-            if ids.shape != (t,):
-                raise ProcessorInputError(f"video {b}: frame_ids has {ids.shape} entries, features have {t} frames")
-            frame_ids[b, :t] = ids
-        elif with_postprocess:
-            frame_ids[b, :t] = np.arange(t)
-        segment_end[b] = _segment_end(videos[b], frame_ids[b, :t])
-
-    entity_rows, relation_rows, relation_pairs, targets = [], [], [], []
-    for b, p in enumerate(parsed):
-        entity_rows.append([_phrase_ids(tokenizer, e, max_entity_words, f"item {b}: entity") for e in p.entities])
-        relation_rows.append(
-            [_phrase_ids(tokenizer, r[1], max_relation_words, f"item {b}: relation predicate") for r in p.relations]
-        )
-        relation_pairs.append([(r[0], r[2]) for r in p.relations])
-        targets.append(p.target)
-    N = max(1, max(len(rows) for rows in entity_rows))
-    K = max(1, max(len(rows) for rows in relation_rows))
-    Le = max(1, max((len(ids) for rows in entity_rows for ids in rows), default=1))
-    Lr = max(1, max((len(ids) for rows in relation_rows for ids in rows), default=1))
-    entity_token_ids = np.zeros((batch, N, Le), dtype=np.int64)
-    entity_mask = np.zeros((batch, N), dtype=bool)
-    relation_token_ids = np.zeros((batch, K, Lr), dtype=np.int64)
-    relation_entities = np.zeros((batch, K, 2), dtype=np.int64)
-    relation_mask = np.zeros((batch, K), dtype=bool)
-    for b in range(batch):
-        n, k = len(entity_rows[b]), len(relation_rows[b])
-        entity_token_ids[b, :n] = _pad_2d(entity_rows[b], Le)[:, :Le]
-        entity_mask[b, :n] = True
-        if k:
-            relation_token_ids[b, :k] = _pad_2d(relation_rows[b], Lr)[:, :Lr]
-            relation_entities[b, :k] = np.asarray(relation_pairs[b], dtype=np.int64)
-            relation_mask[b, :k] = True
-    data: dict[str, Any] = {
-        "region_features": torch.from_numpy(region_features).to(dtype),
-        "region_boxes": torch.from_numpy(region_boxes).to(dtype),
-        "region_mask": torch.from_numpy(region_mask),
-        "frame_features": torch.from_numpy(frame_features).to(dtype),
-        "frame_mask": torch.from_numpy(frame_mask),
-        "entity_token_ids": torch.from_numpy(entity_token_ids),
-        "entity_mask": torch.from_numpy(entity_mask),
-        "relation_token_ids": torch.from_numpy(relation_token_ids),
-        "relation_entities": torch.from_numpy(relation_entities),
-        "relation_mask": torch.from_numpy(relation_mask),
-        "target_index": torch.as_tensor(targets, dtype=torch.long),
-    }
+    given_ids = [_frame_ids(b, video, len(clip["boxes"])) for b, (video, clip) in enumerate(zip(videos, clips))]
+    for b, sentence in enumerate(parsed):
+        _check_phrases(b, sentence, tokenizer)
+    items = [
+        {
+            **encode_video(clip, feature_dtype=np.float32),
+            **encode_query(sentence.to_row(), tokenizer, max_entity_words, max_relation_words),
+        }
+        for clip, sentence in zip(clips, parsed)
+    ]
+    data: dict[str, Any] = collate_stvg(items, dtype=dtype)
     if with_postprocess:
-        data["frame_ids"] = torch.from_numpy(frame_ids)
-        data["segment_end"] = torch.from_numpy(segment_end)
-        data["width"] = torch.as_tensor([a[4] for a in arrays], dtype=torch.long)
-        data["height"] = torch.as_tensor([a[5] for a in arrays], dtype=torch.long)
-        data["pixel_boxes"] = torch.from_numpy(pixel_boxes).to(dtype)
+        batch, T, M = data["region_mask"].shape
+        frame_ids = torch.full((batch, T), -1, dtype=torch.long)
+        segment_end = torch.zeros((batch,), dtype=torch.long)
+        pixel_boxes = torch.zeros((batch, T, M, 4), dtype=torch.float32)
+        for b, (video, clip, ids) in enumerate(zip(videos, clips, given_ids)):
+            t, m = clip["boxes"].shape[:2]
+            frame_ids[b, :t] = torch.arange(t) if ids is None else torch.from_numpy(ids)
+            segment_end[b] = _segment_end(video, frame_ids[b, :t].numpy())
+            pixel_boxes[b, :t, :m] = torch.from_numpy(clip["boxes"])
+        data["frame_ids"] = frame_ids
+        data["segment_end"] = segment_end
+        data["width"] = torch.as_tensor([c["width"] for c in clips], dtype=torch.long)
+        data["height"] = torch.as_tensor([c["height"] for c in clips], dtype=torch.long)
+        data["pixel_boxes"] = pixel_boxes.to(dtype)
     return BatchFeature(data=data)
 
 

@@ -1,10 +1,12 @@
 """Rows of a contract dataset (DESIGN section 5) -> padded model inputs (team agreement, INTERFACES.md).
 
-One item is one query joined to the features of its clip. :class:`StvgQueryDataset` reads the clip's
-features as float16 (the dataset stores them as float16 ``Array2D/Array3D``; formatting with
-``dtype=`` keeps them from being upcast through Python floats, which is ~50x slower) and
-:func:`collate_stvg` pads a list of items to the batch maxima of T (frames), N (entities), K
-(relations) and the word lengths, and casts features to the model dtype.
+One item is one query joined to the features of its clip: :func:`encode_video` (features, normalised
+boxes, region mask) plus :func:`encode_query` (word ids of the phrases, relations, target).
+:class:`StvgQueryDataset` reads the clip's features as float16 (the dataset stores them as float16
+``Array2D/Array3D``; formatting with ``dtype=`` keeps them from being upcast through Python floats,
+which is ~50x slower) and :func:`collate_stvg` pads a list of items to the batch maxima of T (frames),
+N (entities), K (relations) and the word lengths, and casts features to the model dtype. It is the one
+padding of model inputs: ``processing_stvg.build_model_inputs`` builds the same items and calls it.
 
 Weak supervision is enforced here, by construction: :func:`drop_ground_truth` removes every
 ``gt_*`` column (:data:`stvg_data.schema.GROUND_TRUTH_COLUMNS`) from the queries before any row is
@@ -62,11 +64,11 @@ def tokenizer_corpus(queries: datasets.Dataset) -> list[str]:
     return texts
 
 
-def encode_phrase(tokenizer: Any, text: str) -> list[int]:
-    """Word ids of a phrase, no special tokens; an empty phrase becomes ``[UNK]`` so its mean
-    embedding is defined."""
+def encode_phrase(tokenizer: Any, text: str, max_words: int | None = None) -> list[int]:
+    """Word ids of a phrase, no special tokens, the first ``max_words`` (None = all); an empty phrase
+    becomes ``[UNK]`` so its mean embedding is defined."""
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return ids or [UNK_ID]
+    return (ids[:max_words] if max_words else ids) or [UNK_ID]
 
 
 def usable_relations(row: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -90,8 +92,15 @@ def count_usable_relations(queries: datasets.Dataset) -> int:
     return total
 
 
-def encode_query(row: Mapping[str, Any], tokenizer: Any) -> dict[str, Any]:
-    """The language half of one item (lists of word ids; padded by :func:`collate_stvg`)."""
+def encode_query(
+    row: Mapping[str, Any],
+    tokenizer: Any,
+    max_entity_words: int | None = None,
+    max_relation_words: int | None = None,
+) -> dict[str, Any]:
+    """The language half of one item (lists of word ids; padded by :func:`collate_stvg`) from a
+    ``queries`` row (or a mapping with its ``entities`` / ``relations`` / ``target``); phrases are
+    truncated to ``max_entity_words`` / ``max_relation_words`` (None = keep all)."""
     if not row["entities"]:
         raise DatasetSchemaError(f"query {row.get('query_id')!r}: sentence {row.get('sentence')!r} has no entity phrase")
     target = int(row["target"])
@@ -99,10 +108,31 @@ def encode_query(row: Mapping[str, Any], tokenizer: Any) -> dict[str, Any]:
         raise DatasetSchemaError(f"query {row.get('query_id')!r}: target {target} is not an entity index")
     relations = usable_relations(row)
     return {
-        "entity_token_ids": [encode_phrase(tokenizer, phrase) for phrase in row["entities"]],
-        "relation_token_ids": [encode_phrase(tokenizer, relation["predicate"]) for relation in relations],
+        "entity_token_ids": [encode_phrase(tokenizer, phrase, max_entity_words) for phrase in row["entities"]],
+        "relation_token_ids": [
+            encode_phrase(tokenizer, relation["predicate"], max_relation_words) for relation in relations
+        ],
         "relation_entities": [[int(relation["subject"]), int(relation["object"])] for relation in relations],
         "target_index": target,
+    }
+
+
+def normalise_boxes(boxes: Any, width: float, height: float) -> np.ndarray:
+    """Pixel boxes x1 y1 x2 y2 (..., 4) -> fractions of the frame, clipped to [0, 1] (``region_boxes``)."""
+    scale = np.asarray([width, height, width, height], dtype=np.float32)
+    return np.clip(np.asarray(boxes, dtype=np.float32) / scale, 0.0, 1.0)
+
+
+def encode_video(video: Mapping[str, Any], feature_dtype: Any = np.float16) -> dict[str, np.ndarray]:
+    """The vision half of one item (padded by :func:`collate_stvg`) from a ``videos`` row (or a clip with
+    its ``region_features`` (T, M, Dv), ``frame_features`` (T, Df), ``boxes`` (T, M, 4) pixels,
+    ``box_labels`` (T, M), ``width``, ``height``): features as ``feature_dtype``, ``region_boxes``
+    (T, M, 4) normalised, ``region_mask`` (T, M) = ``box_labels != -1``."""
+    return {
+        "region_features": np.asarray(video["region_features"], dtype=feature_dtype),
+        "frame_features": np.asarray(video["frame_features"], dtype=feature_dtype),
+        "region_boxes": normalise_boxes(video["boxes"], float(video["width"]), float(video["height"])),
+        "region_mask": np.asarray(video["box_labels"]) != -1,
     }
 
 
@@ -131,21 +161,15 @@ class VideoReader:
         if video_id not in self.position:
             raise DatasetSchemaError(f"query refers to video_id {video_id!r}, which is not in the videos config")
         index = self.position[video_id]
-        features, geometry = self.features[index], self.geometry[index]
-        width, height = float(geometry["width"]), float(geometry["height"])
-        boxes = np.asarray(geometry["boxes"], dtype=np.float32)
-        scale = np.array([width, height, width, height], dtype=np.float32)
+        geometry = self.geometry[index]
         video = {
             "video_id": video_id,
-            "region_features": np.asarray(features["region_features"], dtype=np.float16),
-            "frame_features": np.asarray(features["frame_features"], dtype=np.float16),
-            "region_boxes": np.clip(boxes / scale, 0.0, 1.0),
-            "region_mask": np.asarray(geometry["box_labels"]) != -1,
-            "boxes": boxes,
+            **encode_video({**self.features[index], **geometry}, feature_dtype=np.float16),
+            "boxes": np.asarray(geometry["boxes"], dtype=np.float32),
             "frame_ids": np.asarray(geometry["frame_ids"], dtype=np.int64),
             "segment": [int(v) for v in geometry["segment"]],
-            "width": int(width),
-            "height": int(height),
+            "width": int(float(geometry["width"])),
+            "height": int(float(geometry["height"])),
         }
         self._cache[video_id] = video
         if len(self._cache) > self.cache_size:
